@@ -1,0 +1,51 @@
+"""Named configurations: the released expert mixes and a tiny mix for tests and demos."""
+
+from __future__ import annotations
+
+import copy
+
+from .configuration_eagle import FULL_SIZE_EXPERTS, EagleVisionConfig, EagleVLConfig
+
+# Experts small enough that the whole test-suite runs on a CPU in minutes, each keeping the
+# structural features of its full-size architecture (windows + global layers, RoPE, unshuffle).
+TINY_EXPERTS = {
+    "clip": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                 image_size=48, projection_dim=32),
+    "convnext": dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], input_size=64, patch_size=4),
+    "sam": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=64, image_size=64, patch_size=8,
+                global_attn_indexes=[1], window_size=4, output_channels=8),
+    "pix2struct": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, d_kv=8, d_ff=64, seq_len=128,
+                       patch_embed_hidden_size=192, patch_size=8, max_patches=48, input_size=64),
+    "eva": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, patch_size=8,
+                input_size=64, pretrain_image_size=32, window_size=4, global_attn_indexes=[1], rope_pt_seq_len=4),
+}
+
+TINY_TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=512)
+
+# Releases order pix2struct before the EVA detector (the training scripts had it the other way).
+MIXES = {
+    "x4": ["clip", "convnext", "pix2struct", "eva"],
+    "x5": ["clip", "convnext", "sam", "pix2struct", "eva"],
+}
+
+
+def vision_preset(name: str, experts: list[str] | None = None) -> EagleVisionConfig:
+    """``"x4"``/``"x5"``: released mixes at full size; ``"tiny"``: all five experts, tiny."""
+    if name == "tiny":
+        order = experts or list(TINY_EXPERTS)
+        return EagleVisionConfig(expert_order=order, image_size=64, grid_size=4,
+                                 **{f"{n}_config": copy.deepcopy(TINY_EXPERTS[n]) for n in order})
+    if name not in MIXES:
+        raise ValueError(f"unknown preset {name!r}; known presets: tiny, {', '.join(MIXES)}")
+    order = experts or MIXES[name]
+    return EagleVisionConfig(expert_order=order, image_size=1024, grid_size=32,
+                             **{f"{n}_config": copy.deepcopy(FULL_SIZE_EXPERTS[n]) for n in order})
+
+
+def preset_config(name: str, text_config: dict | None = None, experts: list[str] | None = None,
+                  **kwargs) -> EagleVLConfig:
+    """A whole EAGLE config: a vision preset plus ``text_config`` (tiny Llama by default)."""
+    text = copy.deepcopy(text_config if text_config is not None else TINY_TEXT)
+    kwargs.setdefault("image_token_id", text.get("vocab_size", 32000) - 1)
+    return EagleVLConfig(vision_config=vision_preset(name, experts), text_config=text, **kwargs)
