@@ -4,7 +4,6 @@ Derived numbers (fused channels, tokens per image) are properties computed from 
 sub-configs, never stored.
 """
 
-from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig

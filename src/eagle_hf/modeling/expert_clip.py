@@ -1,6 +1,5 @@
 """CLIP ViT expert (EAGLE's ``clip-448`` and the LLaVA-style single CLIP tower)."""
 
-from __future__ import annotations
 
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,5 @@
 """ConvNeXt expert (EAGLE's ``convnext-1024``: CLIP ConvNeXt-XXLarge), built from timm's modules."""
 
-from __future__ import annotations
 
 import torch
 from huggingface_hub.dataclasses import strict

@@ -5,7 +5,6 @@ SwiGLU with sub-LN, a 14x14 absolute table resized to the input grid), so it is 
 here, keeping the original parameter names so checkpoints load without renaming.
 """
 
-from __future__ import annotations
 
 import math
 

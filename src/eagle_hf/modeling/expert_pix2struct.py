@@ -6,7 +6,6 @@ fits ``max_patches``, patch flattening with 1-based row/column ids, zero padding
 tensor, on the model's device.
 """
 
-from __future__ import annotations
 
 import math
 

@@ -1,6 +1,5 @@
 """SAM ViT image-encoder expert (EAGLE's ``sam-1024``) with EAGLE's short neck."""
 
-from __future__ import annotations
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """EAGLE models in the transformers LLaVA contract:
 `get_image_features` -> placeholder mask -> `masked_scatter` -> language model."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 

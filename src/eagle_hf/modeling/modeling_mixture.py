@@ -1,6 +1,5 @@
 """The mixture of vision experts: one image in, one fused token grid out."""
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 

@@ -1,6 +1,5 @@
 """Named configurations: the released expert mixes and a tiny mix for tests and demos."""
 
-from __future__ import annotations
 
 import copy
 

@@ -5,7 +5,6 @@ sub-config in `EagleVisionConfig` (`<name>_config`), the attribute of the mixtur
 holds it, and therefore the prefix of its weights (`model.vision_tower.<name>.`).
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 
