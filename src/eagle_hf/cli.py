@@ -1,0 +1,52 @@
+"""The ``eagle-hf`` command: one entry point, one module per sub-command."""
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> module under eagle_hf.commands exposing `add_arguments(parser)` and `run(args)`.
+COMMANDS = {
+    "convert": "Convert an original NVlabs EAGLE checkpoint to a native eagle-hf folder.",
+    "train": "Fine-tune an EAGLE model on LLaVA-format data with the HF Trainer.",
+    "eval": "Generate answers for a LLaVA-format test set and score them.",
+    "chat": "Chat with an EAGLE model in the terminal.",
+    "demo": "Start the Gradio web demo on localhost.",
+    "push": "Upload a saved model folder to the Hugging Face Hub.",
+    "quickstart": "Make a synthetic VQA set, train the tiny model on the CPU, evaluate it.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eagle-hf", description="EAGLE for Hugging Face transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        module = _load(name)
+        if module is None:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"eagle_hf.commands.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"eagle_hf.commands.{name}":
+            return None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        # User errors get one clear line, not a traceback.
+        print(f"eagle-hf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the eagle-hf CLI (see eagle_hf.cli)."""
