@@ -1,0 +1,455 @@
+"""Image processor reproducing the original EAGLE preprocessing exactly.
+
+The original (``eagle/mm_utils.py`` ``process_images`` with ``image_aspect_ratio="pad"`` followed by a
+``CLIPImageProcessor``) does, per image:
+
+1. ``expand2square``: paste the image centred on a square canvas of side ``max(w, h)`` at offset
+   ``((side - w) // 2, (side - h) // 2)``, filled with ``tuple(int(255 * m) for m in image_mean)``;
+2. resize so that the shortest edge is ``size`` with PIL bicubic on the uint8 image (the long edge
+   becomes ``int(size * long / short)``);
+3. centre crop ``crop_size`` (top/left offsets ``(H - h) // 2``, ``(W - w) // 2``);
+4. rescale ``float32(float64(u8) * (1/255))``;
+5. normalise ``(x - mean) / std`` in float32.
+
+Resizing is done by PIL on uint8 data because that is what the original did; a float or torchvision
+resize differs by one grey level at some pixels, which moves CLIP features noticeably. That is why this
+processor derives from the PIL backend (``PilBackend``).
+
+Input conversion rules (every input ends up as an 8-bit RGB ``PIL.Image`` before step 1):
+
+* PIL images: ``I;16*`` and ``I`` (Pillow's modes for 16-bit greyscale PNG/TIFF) are scaled to 8 bit
+  with ``round(v / 257)`` after clipping to ``0..65535`` (Pillow's own conversion would clip, turning
+  most of a 16-bit image white). Every other mode goes through ``Image.convert("RGB")`` like the original
+  code: RGBA/LA/PA **drop the alpha channel** (no compositing, the colour under transparent pixels is
+  kept; this is what the released models were trained with), CMYK/YCbCr/L/P/1/F use Pillow's
+  conversions. EXIF orientation is not applied (the original did not either).
+* numpy arrays and torch tensors: 2-D ``(H, W)`` greyscale or 3-D with a channel axis of size 1, 3 or 4
+  (first or last; when both ends could be channels, numpy is read as ``HWC`` and torch as ``CHW``);
+  4 channels are RGBA (alpha dropped). 4-D inputs are batches. dtypes: ``uint8`` as is, ``bool`` →
+  0/255, ``uint16`` → ``round(v / 257)``, other integers must lie in ``0..255``, floats must lie in
+  ``[0, 1]`` and become ``round(v * 255)``.
+* ``str`` / ``os.PathLike``: a file path (``http(s)://`` and ``data:`` URLs are fetched with
+  transformers' ``load_image``); ``bytes``: encoded image data.
+
+Invalid inputs raise ``ValueError`` naming the problem: missing or unreadable files, empty images,
+images smaller than 2 pixels on a side, unsupported channel counts or value ranges.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import center_crop as _center_crop
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+try:
+    import torch
+except ImportError:  # torch is optional for the image processor itself
+    torch = None
+
+
+__all__ = ["EagleImageProcessor", "EagleImageProcessorKwargs", "flatten_images", "load_image_rgb"]
+
+MIN_IMAGE_SIDE = 2
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class EagleImageProcessorKwargs(ImagesKwargs, total=False):
+    """``pad_to_square``: paste the image on a square canvas of the mean colour before resizing
+    (the original ``image_aspect_ratio="pad"``; ``False`` reproduces the stage-1 pre-training crop)."""
+
+    pad_to_square: bool | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Input handling
+
+
+def _is_tensor(x: Any) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_single_image(x: Any) -> bool:
+    if isinstance(x, (Image.Image, str, bytes, os.PathLike)):
+        return True
+    if isinstance(x, np.ndarray) or _is_tensor(x):
+        return x.ndim <= 3
+    return False
+
+
+def flatten_images(images: Any) -> list[Any]:
+    """All images of a (possibly nested) list in order; 4-D arrays/tensors count as batches."""
+    if images is None:
+        return []
+    if _is_single_image(images):
+        return [images]
+    if isinstance(images, np.ndarray) or _is_tensor(images):
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(f"expected an image array with 2 to 4 dimensions, got shape {tuple(images.shape)}")
+    if isinstance(images, (list, tuple)):
+        flat: list[Any] = []
+        for item in images:
+            flat.extend(flatten_images(item))
+        return flat
+    raise TypeError(
+        f"unsupported image type {type(images).__name__}; expected a PIL image, numpy array, torch tensor, "
+        "file path, bytes, or a list of these"
+    )
+
+
+def _open_image_file(path: str) -> Image.Image:
+    if path.startswith(("http://", "https://", "data:")):
+        from transformers.image_utils import load_image
+
+        try:
+            return load_image(path)
+        except Exception as err:  # network and decoding errors all mean "could not read this image"
+            raise ValueError(f"could not load image from {path[:200]!r}: {err}") from err
+    if not os.path.exists(path):
+        raise ValueError(f"image file not found: {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"image path is a directory, not an image file: {path!r}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image file {path!r} (corrupt or not an image): {err}") from err
+    return image
+
+
+def _open_image_bytes(data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image bytes (corrupt or not an image): {err}") from err
+    return image
+
+
+def _check_size(width: int, height: int) -> None:
+    if width == 0 or height == 0:
+        raise ValueError(f"empty image: size {width}x{height} has no pixels")
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"image too small: {width}x{height} pixels; every side must be at least {MIN_IMAGE_SIDE} pixels"
+        )
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    dtype = array.dtype
+    if dtype == np.uint8:
+        return array
+    if dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if dtype == np.uint16:
+        return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"integer image values must lie in 0..255 (pass uint16 data for 16-bit images); got {dtype} "
+                f"values in [{lo}, {hi}]"
+            )
+        return array.astype(np.uint8)
+    if np.issubdtype(dtype, np.floating):
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("float image contains NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        tolerance = 0.5 / 255
+        if lo < -tolerance or hi > 1 + tolerance:
+            raise ValueError(
+                f"float images must have values in [0, 1]; got values in [{lo:.4g}, {hi:.4g}] "
+                "(convert 0..255 data to uint8 first)"
+            )
+        return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {dtype}")
+
+
+def _array_to_pil(array: np.ndarray, channels_first_preferred: bool) -> Image.Image:
+    if array.ndim == 2:
+        hwc = array[:, :, None]
+    elif array.ndim == 3:
+        first_ok, last_ok = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
+        if first_ok and (channels_first_preferred or not last_ok):
+            hwc = np.moveaxis(array, 0, -1)
+        elif last_ok:
+            hwc = array
+        else:
+            raise ValueError(
+                f"wrong number of channels: image array of shape {tuple(array.shape)} has no channel axis of size "
+                "1, 3 or 4 (expected (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4})"
+            )
+    else:
+        raise ValueError(f"expected a 2-D or 3-D image array, got shape {tuple(array.shape)}")
+    _check_size(hwc.shape[1], hwc.shape[0])
+    hwc = np.ascontiguousarray(_to_uint8(hwc))
+    channels = hwc.shape[-1]
+    if channels == 1:
+        return Image.fromarray(hwc[:, :, 0], mode="L").convert("RGB")
+    if channels == 3:
+        return Image.fromarray(hwc, mode="RGB")
+    # Four channels are RGBA; dropping alpha matches PIL's RGBA -> RGB conversion used for PIL inputs.
+    return Image.fromarray(np.ascontiguousarray(hwc[:, :, :3]), mode="RGB")
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    _check_size(*image.size)
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        values = np.clip(values, 0, 65535)
+        eight_bit = np.round(values / 257.0).astype(np.uint8)
+        return Image.fromarray(eight_bit, mode="L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ValueError(f"cannot convert image of mode {image.mode!r} to RGB: {err}") from err
+
+
+def load_image_rgb(image: Any, channels_first: bool | None = None) -> Image.Image:
+    """Convert one supported input (see module docstring) to an 8-bit RGB PIL image, with checks."""
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_image_file(os.fspath(image))
+    elif isinstance(image, bytes):
+        image = _open_image_bytes(image)
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if _is_tensor(image):
+        tensor = image.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        prefer_first = True if channels_first is None else channels_first
+        return _array_to_pil(tensor.numpy(), channels_first_preferred=prefer_first)
+    if isinstance(image, np.ndarray):
+        prefer_first = False if channels_first is None else channels_first
+        return _array_to_pil(image, channels_first_preferred=prefer_first)
+    raise TypeError(
+        f"unsupported image type {type(image).__name__}; expected a PIL image, numpy array, torch tensor, "
+        "file path or bytes"
+    )
+
+
+def _channels_first_hint(input_data_format: Any) -> bool | None:
+    if input_data_format is None:
+        return None
+    return ChannelDimension(input_data_format) == ChannelDimension.FIRST
+
+
+# --------------------------------------------------------------------------------------------------
+# Image processor
+
+
+class EagleImageProcessor(PilBackend):
+    r"""EAGLE image processor: pad to square, PIL-bicubic shortest-edge resize, centre crop, rescale,
+    CLIP normalisation — numerically identical to the original ``process_images`` (see module docstring).
+
+    Args:
+        pad_to_square (`bool`, defaults to `True`):
+            Paste the image centred on a square canvas of the mean colour first (``image_aspect_ratio="pad"``).
+        size (`int` or `dict`, defaults to `{"shortest_edge": 1024}`):
+            Target of the resize. An int means the shortest edge; when `crop_size` is not given it follows `size`.
+        crop_size (`dict`, defaults to `{"height": 1024, "width": 1024}`)
+        image_mean / image_std (defaults to the OpenAI CLIP values)
+        resample (defaults to `PILImageResampling.BICUBIC`)
+    """
+
+    valid_kwargs = EagleImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 1024}
+    default_to_square = False
+    crop_size = {"height": 1024, "width": 1024}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    do_pad = False
+    pad_to_square = True
+
+    def __init__(self, **kwargs: Unpack[EagleImageProcessorKwargs]):
+        kwargs = self._crop_follows_size(kwargs)
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _crop_follows_size(kwargs: dict[str, Any]) -> dict[str, Any]:
+        # `size=336` alone must give 336x336 outputs, as the CLIP processor of the original single-tower
+        # models did; otherwise the default 1024 crop would silently pad.
+        size = kwargs.get("size")
+        if size is not None and kwargs.get("crop_size") is None:
+            if isinstance(size, int):
+                kwargs["crop_size"] = {"height": size, "width": size}
+            elif isinstance(size, (dict, SizeDict)):
+                size = dict(size)
+                if size.get("shortest_edge"):
+                    edge = size["shortest_edge"]
+                    kwargs["crop_size"] = {"height": edge, "width": edge}
+                elif size.get("height") and size.get("width"):
+                    kwargs["crop_size"] = {"height": size["height"], "width": size["width"]}
+        return kwargs
+
+    def preprocess(self, images, *args, **kwargs: Unpack[EagleImageProcessorKwargs]) -> BatchFeature:
+        """Preprocess an image or a batch of images into ``pixel_values`` ``[N, 3, crop, crop]``."""
+        kwargs = self._crop_follows_size(kwargs)
+        return super().preprocess(images, *args, **kwargs)
+
+    def fetch_images(self, image_url_or_urls: Any):
+        """Loads URLs and paths; everything else is returned unchanged (conversion happens later)."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(x) for x in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike, bytes)):
+            return load_image_rgb(image_url_or_urls)
+        return image_url_or_urls
+
+    # The base class flattens with `make_flat_list_of_images`, which rejects paths and 2-D arrays;
+    # inputs are converted here with the rules of the module docstring instead.
+    def _preprocess_image_like_inputs(self, images: Any, *args, **kwargs) -> BatchFeature:
+        hint = _channels_first_hint(kwargs.get("input_data_format"))
+        rgb_images = [load_image_rgb(image, channels_first=hint) for image in flatten_images(images)]
+        if not rgb_images:
+            raise ValueError("no images were given to the image processor")
+        return self._preprocess(rgb_images, *args, **kwargs)
+
+    def expand_to_square(self, image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+        """The original ``expand2square``: centred paste on a square canvas of ``background`` colour."""
+        width, height = image.size
+        if width == height:
+            return image
+        side = max(width, height)
+        canvas = Image.new(image.mode, (side, side), background)
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        return canvas
+
+    @staticmethod
+    def _resize_target(width: int, height: int, size: SizeDict) -> tuple[int, int]:
+        """(height, width) after resizing, with transformers' shortest-edge arithmetic."""
+        if size.shortest_edge:
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
+            return (new_long, new_short) if width <= height else (new_short, new_long)
+        if size.height and size.width:
+            return size.height, size.width
+        raise ValueError(f"size must contain 'shortest_edge' or both 'height' and 'width', got {dict(size)}")
+
+    @staticmethod
+    def _background(image_mean: float | Iterable[float]) -> tuple[int, int, int]:
+        mean = [image_mean] * 3 if isinstance(image_mean, (int, float)) else list(image_mean)
+        return tuple(int(m * 255) for m in mean)
+
+    def _square_uint8(
+        self,
+        image: Image.Image,
+        pad_to_square: bool,
+        do_resize: bool,
+        size: SizeDict,
+        resample: Any,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        image_mean: float | Iterable[float],
+    ) -> np.ndarray:
+        if pad_to_square:
+            image = self.expand_to_square(image, self._background(image_mean))
+        if do_resize:
+            height, width = self._resize_target(image.width, image.height, size)
+            if (height, width) != (image.height, image.width):
+                image = image.resize((width, height), resample=PILImageResampling(resample))
+        array = np.asarray(image)  # (H, W, 3) uint8
+        if do_center_crop:
+            chw = _center_crop(
+                np.ascontiguousarray(array.transpose(2, 0, 1)),
+                size=(crop_size.height, crop_size.width),
+                data_format=ChannelDimension.FIRST,
+                input_data_format=ChannelDimension.FIRST,
+            )
+            array = chw.transpose(1, 2, 0)
+        return np.ascontiguousarray(array, dtype=np.uint8)
+
+    def square_uint8(self, image: Any, **kwargs: Unpack[EagleImageProcessorKwargs]) -> np.ndarray:
+        """The padded, resized and cropped uint8 ``(H, W, 3)`` image, i.e. everything before rescaling.
+
+        Useful to compare with the original's ``<case>.preprocessed.png`` exactly.
+        """
+        kwargs = self._crop_follows_size(kwargs)
+        opts = {name: kwargs.get(name, getattr(self, name, None)) for name in self._valid_kwargs_names}
+        opts = self._standardize_kwargs(**opts)
+        hint = _channels_first_hint(opts.get("input_data_format"))
+        return self._square_uint8(
+            load_image_rgb(image, channels_first=hint),
+            pad_to_square=bool(opts["pad_to_square"]),
+            do_resize=bool(opts["do_resize"]),
+            size=opts["size"],
+            resample=opts["resample"],
+            do_center_crop=bool(opts["do_center_crop"]),
+            crop_size=opts["crop_size"],
+            image_mean=opts["image_mean"],
+        )
+
+    def _preprocess(
+        self,
+        images: list[Image.Image],
+        do_resize: bool,
+        size: SizeDict,
+        resample: Any,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | Iterable[float] | None,
+        image_std: float | Iterable[float] | None,
+        pad_to_square: bool | None = None,
+        return_tensors: Any = None,
+        data_format: Any = ChannelDimension.FIRST,
+        **kwargs,
+    ) -> BatchFeature:
+        processed = []
+        for image in images:
+            array = self._square_uint8(
+                image,
+                pad_to_square=bool(pad_to_square),
+                do_resize=do_resize,
+                size=size,
+                resample=resample,
+                do_center_crop=do_center_crop,
+                crop_size=crop_size,
+                image_mean=image_mean,
+            )
+            chw = array.transpose(2, 0, 1)
+            if do_rescale:
+                # Same arithmetic as the original: the product in float64, then cast to float32.
+                pixels = (chw.astype(np.float64) * rescale_factor).astype(np.float32)
+            else:
+                pixels = chw.astype(np.float32)
+            if do_normalize:
+                mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
+                std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
+                pixels = (pixels - mean) / std
+            if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
+                pixels = pixels.transpose(1, 2, 0)
+            processed.append(np.ascontiguousarray(pixels, dtype=np.float32))
+
+        if return_tensors is not None and len({p.shape for p in processed}) == 1:
+            processed = np.stack(processed)
+        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
