@@ -50,6 +50,11 @@ class EagleConvNextExpert(VisionExpertMixin, PreTrainedModel):
     input_modalities = ("image",)
     base_model_prefix = "convnext"
     supports_gradient_checkpointing = True
+    # No attention layers: whatever attention implementation the composite asks for is fine here
+    # (without these flags an explicit attn_implementation="sdpa" fails the whole model).
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
     _no_split_modules = ["ConvNeXtBlock"]
 
     def __init__(self, config: EagleConvNextExpertConfig):

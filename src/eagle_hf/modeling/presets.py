@@ -4,17 +4,22 @@
 import copy
 
 from .configuration_eagle import FULL_SIZE_EXPERTS, EagleVisionConfig, EagleVLConfig
+from .registry import get_expert
 
 # Experts small enough that the whole test-suite runs on a CPU in minutes, each keeping the
 # structural features of its full-size architecture (windows + global layers, RoPE, unshuffle).
+# SAM and Pix2Struct configs default to initializer_range=1e-10 (their releases are never trained
+# from scratch); at that scale a fresh tiny SAM outputs ~0 and a fresh Pix2Struct ignores the
+# image, so the tiny mix uses 0.02.
 TINY_EXPERTS = {
     "clip": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
                  image_size=48, projection_dim=32),
     "convnext": dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], input_size=64, patch_size=4),
     "sam": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=64, image_size=64, patch_size=8,
-                global_attn_indexes=[1], window_size=4, output_channels=8),
+                global_attn_indexes=[1], window_size=4, output_channels=8, initializer_range=0.02),
     "pix2struct": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, d_kv=8, d_ff=64, seq_len=128,
-                       patch_embed_hidden_size=192, patch_size=8, max_patches=48, input_size=64),
+                       patch_embed_hidden_size=192, patch_size=8, max_patches=48, input_size=64,
+                       initializer_range=0.02),
     "eva": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, patch_size=8,
                 input_size=64, pretrain_image_size=32, window_size=4, global_attn_indexes=[1], rope_pt_seq_len=4),
 }
@@ -31,6 +36,11 @@ MIXES = {
 
 def vision_preset(name: str, experts: list[str] | None = None) -> EagleVisionConfig:
     """``"x4"``/``"x5"``: released mixes at full size; ``"tiny"``: all five experts, tiny."""
+    table = TINY_EXPERTS if name == "tiny" else FULL_SIZE_EXPERTS
+    for n in experts or ():
+        get_expert(n)  # unknown names fail with the list of known ones
+        if n not in table:
+            raise ValueError(f"preset {name!r} has no configuration for expert {n!r}; it covers {', '.join(table)}")
     if name == "tiny":
         order = experts or list(TINY_EXPERTS)
         return EagleVisionConfig(expert_order=order, image_size=64, grid_size=4,

@@ -1,0 +1,258 @@
+"""Vision experts, parametrized over the expert registry: every registered expert must pass
+every test here (a newly registered expert without entries in the tables below fails loudly)."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import config_dict, distinct_width_vision_config, make_pixel_values
+
+import eagle_hf
+from eagle_hf import EagleVisionTower, vision_preset
+from eagle_hf.modeling.configuration_eagle import FULL_SIZE_EXPERTS
+from eagle_hf.modeling.presets import TINY_EXPERTS
+from eagle_hf.modeling.registry import get_expert, register_expert
+
+EXPERTS = eagle_hf.list_experts()
+
+# Parameter counts of the released experts (shared/reference/eagle-original.md §1.4 / §2.2).
+# ConvNeXt's 846,471,016 include the classifier head, which eagle-hf does not build.
+CONVNEXT_XXL_HEAD = 3072 * 2 + 3072 * 1000 + 1000
+FULL_SIZE_PARAMS = {
+    "clip": 303_507_456,  # incl. post_layernorm
+    "convnext": 846_471_016 - CONVNEXT_XXL_HEAD,
+    "sam": 307_687_936,
+    "eva": 303_388_608,
+    "pix2struct": 512_812_032,
+}
+# Full-size native output: (channels, side of the square map) for the shared 1024 px input (§1.4).
+FULL_SIZE_OUTPUT = {"clip": (1024, 24), "convnext": (3072, 32), "sam": (1024, 32), "pix2struct": (1536, 45),
+                    "eva": (1024, 64)}
+FULL_SIZE_INPUT = {"clip": 336, "convnext": 1024, "sam": 1024, "pix2struct": 1024, "eva": 1024}
+
+
+def tiny_native_side(name: str, cfg) -> int:
+    """Side of the tiny expert's native feature map, from its own config (not from the code under test)."""
+    if name == "clip":
+        return cfg.input_size // cfg.patch_size
+    if name == "convnext":
+        return cfg.input_size // (cfg.patch_size * 2 ** (len(cfg.dims) - 1))
+    if name == "sam":
+        return cfg.image_size // cfg.patch_size // cfg.pixel_unshuffle
+    if name == "pix2struct":
+        # largest square patch grid with rows*cols <= max_patches
+        side = int(cfg.max_patches**0.5)
+        return side
+    if name == "eva":
+        return cfg.input_size // cfg.patch_size
+    raise AssertionError(f"add the expected native grid of new expert {name!r} to this test")
+
+
+def unused_parameters(name: str, cfg) -> set[str]:
+    """Parameters an expert documents as unused by its forward pass for this config."""
+    unused = set()
+    if name == "clip":
+        if not cfg.use_post_layernorm:
+            unused |= {"post_layernorm.weight", "post_layernorm.bias"}
+        if cfg.drop_cls_before_encoder:
+            unused.add("embeddings.class_embedding")
+    return unused
+
+
+def tiny_expert(name: str, seed: int = 0, **overrides):
+    spec = get_expert(name)
+    cfg = spec.config_class(**{**TINY_EXPERTS[name], **overrides})
+    torch.manual_seed(seed)
+    return spec.model_class(cfg).eval()
+
+
+def expert_input(expert, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, expert.input_size, expert.input_size, generator=g)
+    if expert.input_space == "pixels_255":
+        x = (x * 0.25 + 0.5).clamp(0, 1) * 255
+    return x
+
+
+def test_registry_lists_the_five_released_experts():
+    assert set(EXPERTS) >= {"clip", "convnext", "sam", "pix2struct", "eva"}
+    assert EXPERTS == sorted(EXPERTS)
+    assert set(TINY_EXPERTS) == set(EXPERTS) == set(FULL_SIZE_EXPERTS)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_expert_alone_output_grid_and_channels(name):
+    expert = tiny_expert(name)
+    assert expert.expert_name == name
+    cfg = expert.config
+    x = expert_input(expert, batch=2)
+    with torch.no_grad():
+        y = expert(x)
+        y_single = expert(x[1:])
+    side = tiny_native_side(name, cfg)
+    assert tuple(y.shape) == (2, cfg.out_channels, side, side)
+    assert expert.out_channels == cfg.out_channels
+    assert torch.isfinite(y).all()
+    # A freshly initialised expert must not be degenerate (e.g. SAM's 1e-10 default init).
+    assert y.std() > 1e-2
+    # Samples do not leak into each other.
+    torch.testing.assert_close(y[1:], y_single, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(y[0], y[1])
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_expert_block_in_mixture(name):
+    """Inside a mixture, the expert's block of the fused map sits at its channel offset, has its
+    channel count and grid**2 tokens, and equals the expert run alone on EAGLE's resized input
+    (bilinear, align_corners=True; Pix2Struct gets de-normalised 0..255 pixels)."""
+    cfg = distinct_width_vision_config()
+    torch.manual_seed(0)
+    tower = EagleVisionTower(cfg).eval()
+    pixel_values = make_pixel_values(cfg, 2)
+    with torch.no_grad():
+        out = tower(pixel_values, output_expert_features=True)
+    grid, offset, channels = cfg.grid_size, cfg.channel_offsets[name], cfg.expert_channels[name]
+    assert channels == cfg.expert_config(name).out_channels
+    fused = out.last_hidden_state
+    assert tuple(fused.shape) == (2, grid**2, cfg.hidden_size)
+    block = fused[..., offset:offset + channels]
+    assert tuple(out.expert_features[name].shape) == (2, grid**2, channels)
+    assert torch.equal(block, out.expert_features[name])
+
+    expert = getattr(tower, name)
+    x = pixel_values
+    if expert.input_space == "pixels_255":
+        mean = torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.image_std).view(1, 3, 1, 1)
+        x = (x * std + mean) * 255
+    if expert.input_size != cfg.image_size:
+        x = F.interpolate(x, size=(expert.input_size,) * 2, mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        native = expert(x)
+    assert native.shape[1] == channels
+    if native.shape[-1] != grid:
+        native = F.interpolate(native, size=(grid, grid), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(block, native.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+    # The same expert as the only member of a mixture.
+    solo_cfg = vision_preset("tiny", experts=[name])
+    torch.manual_seed(0)
+    solo = EagleVisionTower(solo_cfg).eval()
+    with torch.no_grad():
+        solo_out = solo(make_pixel_values(solo_cfg, 1)).last_hidden_state
+    assert tuple(solo_out.shape) == (1, solo_cfg.grid_size**2, solo_cfg.expert_channels[name])
+    assert solo_cfg.channel_offsets == {name: 0}
+
+
+@pytest.fixture(scope="module")
+def fused_backward():
+    """One backward pass from the fused map of the full tiny mixture; returns the tower."""
+    cfg = vision_preset("tiny")
+    torch.manual_seed(0)
+    tower = EagleVisionTower(cfg).train()
+    fused = tower(make_pixel_values(cfg, 2)).last_hidden_state
+    weights = torch.randn(fused.shape, generator=torch.Generator().manual_seed(1))
+    (fused * weights).sum().backward()
+    return tower
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_backward_from_fused_output_reaches_every_expert_parameter(name, fused_backward):
+    expert = getattr(fused_backward, name)
+    unused = unused_parameters(name, expert.config)
+    params = dict(expert.named_parameters())
+    assert unused <= set(params), f"stale names in the unused list: {unused - set(params)}"
+    no_grad = [k for k, p in params.items() if k not in unused and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not no_grad, f"{name}: no gradient reaches {no_grad}"
+    for k in unused:
+        assert params[k].grad is None or not params[k].grad.any(), f"{name}.{k} is documented unused but got a gradient"
+
+
+def test_clip_post_layernorm_and_cls_are_used_when_configured():
+    """The CLIP parameters that EAGLE leaves unused do get gradients in the LLaVA-style setting."""
+    expert = tiny_expert("clip", use_post_layernorm=True, drop_cls_before_encoder=False, feature_layer=-2).train()
+    assert unused_parameters("clip", expert.config) == set()
+    y = expert(expert_input(expert, 1))
+    assert y.shape[-1] == expert.config.input_size // expert.config.patch_size  # CLS removed after the encoder
+    y.square().mean().backward()
+    for key in ("post_layernorm.weight", "embeddings.class_embedding"):
+        assert expert.get_parameter(key).grad.abs().sum() > 0
+    # feature_layer=-2 with 2 layers: the last layer is skipped entirely
+    assert expert.encoder.layers[-1].mlp.fc2.weight.grad is None
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_expert_save_load_round_trip(name, tmp_path):
+    expert = tiny_expert(name, seed=3)
+    x = expert_input(expert, batch=2, seed=5)
+    with torch.no_grad():
+        before = expert(x)
+    expert.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "config.json" in files
+    assert any(f.endswith(".safetensors") for f in files)
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files), files
+    reloaded = type(expert).from_pretrained(tmp_path).eval()
+    assert type(reloaded.config) is type(expert.config)
+    assert config_dict(reloaded.config) == config_dict(expert.config)
+    for key, tensor in expert.state_dict().items():
+        assert torch.equal(tensor, reloaded.state_dict()[key]), key
+    with torch.no_grad():
+        after = reloaded(x)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_full_size_expert_on_meta_device(name):
+    spec = get_expert(name)
+    cfg = spec.config_class(**FULL_SIZE_EXPERTS[name])
+    with torch.device("meta"):
+        expert = spec.model_class(cfg)
+    assert all(p.device.type == "meta" for p in expert.parameters())
+    assert all(b.device.type == "meta" for b in expert.buffers())
+    assert sum(p.numel() for p in expert.parameters()) == FULL_SIZE_PARAMS[name]
+    channels, side = FULL_SIZE_OUTPUT[name]
+    assert expert.out_channels == channels
+    assert expert.input_size == FULL_SIZE_INPUT[name]
+    if name == "pix2struct":
+        # transformers' Pix2Struct encoder calls .item(), which meta tensors cannot do;
+        # check the patch grid the expert chooses for the shared 1024 px input instead.
+        assert cfg.patch_grid(1024, 1024) == (side, side)
+    else:
+        with torch.device("meta"):
+            y = expert(torch.empty(1, 3, expert.input_size, expert.input_size))
+        assert tuple(y.shape) == (1, channels, side, side)
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_tiny_and_full_size_configs_share_the_architecture(name):
+    """Tiny and full-size configs differ in sizes only: same config class, same module types."""
+    spec = get_expert(name)
+    tiny = spec.config_class(**TINY_EXPERTS[name])
+    full = spec.config_class(**FULL_SIZE_EXPERTS[name])
+    assert type(tiny) is type(full) is spec.config_class
+    with torch.device("meta"):
+        tiny_types = {type(m).__name__ for m in spec.model_class(tiny).modules()}
+        full_types = {type(m).__name__ for m in spec.model_class(full).modules()}
+    assert tiny_types == full_types
+
+
+def test_unknown_expert_lists_known_experts():
+    with pytest.raises(ValueError, match="unknown vision expert 'nope'") as err:
+        get_expert("nope")
+    for name in EXPERTS:
+        assert name in str(err.value)
+    with pytest.raises(ValueError, match="known experts: " + ", ".join(EXPERTS)):
+        vision_preset("tiny", experts=["clip", "nope"])
+
+
+def test_register_expert_refuses_a_second_class_under_a_taken_name():
+    spec = get_expert("clip")
+
+    class Other(torch.nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_expert("clip", spec.config_class)(Other)
+    assert get_expert("clip").model_class is spec.model_class
