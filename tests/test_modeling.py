@@ -496,11 +496,10 @@ def test_checkpoint_with_other_channels_fails_to_load(tmp_path):
         EagleVLForConditionalGeneration.from_pretrained(tmp_path, config=other)
 
 
-def test_checkpoint_with_other_experts_of_equal_width_reports_missing_weights(tmp_path):
-    """Same fused width, different experts: transformers loads and only *reports* the swap
-    (missing keys of the new expert, unexpected keys of the old one)."""
+def test_checkpoint_with_other_experts_of_equal_width_is_refused(tmp_path):
+    """Same fused width, different experts: transformers alone would load and leave the new
+    expert randomly initialised; eagle-hf refuses and names the missing weights."""
     seeded_model(preset_config("tiny", experts=["clip", "sam"])).save_pretrained(tmp_path)
     other = preset_config("tiny", experts=["clip", "eva"])
-    _, info = EagleVLForConditionalGeneration.from_pretrained(tmp_path, config=other, output_loading_info=True)
-    assert info["missing_keys"] and all(k.startswith("model.vision_tower.eva.") for k in info["missing_keys"])
-    assert info["unexpected_keys"] and all(k.startswith("model.vision_tower.sam.") for k in info["unexpected_keys"])
+    with pytest.raises(ValueError, match=r"does not hold all weights.*missing: model\.vision_tower\.eva\."):
+        EagleVLForConditionalGeneration.from_pretrained(tmp_path, config=other)

@@ -2,6 +2,7 @@
 `get_image_features` -> placeholder mask -> `masked_scatter` -> language model."""
 
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,24 @@ class EaglePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # Buffers that are recomputed from the config when a checkpoint lacks them.
+    _derived_buffers = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks weights of this model is an
+        error: transformers would only warn and leave e.g. a whole expert randomly initialised."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(k for k in info.get("missing_keys", ()) if not cls._derived_buffers.search(k))
+        if missing and not kwargs.get("ignore_mismatched_sizes"):
+            shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{source} does not hold all weights of this EAGLE model (is it another expert mix or LLM?); "
+                f"missing: {shown}"
+            )
+        return (model, info) if want_info else model
 
 
 class EagleVLModel(EaglePreTrainedModel):
