@@ -503,3 +503,14 @@ def test_checkpoint_with_other_experts_of_equal_width_is_refused(tmp_path):
     other = preset_config("tiny", experts=["clip", "eva"])
     with pytest.raises(ValueError, match=r"does not hold all weights.*missing: model\.vision_tower\.eva\."):
         EagleVLForConditionalGeneration.from_pretrained(tmp_path, config=other)
+
+
+def test_prompt_longer_than_model_maximum_is_refused(tiny_config):
+    """The original truncated silently after inserting the image; eagle-hf refuses with the counts."""
+    cfg = preset_config("tiny", model_max_length=20)
+    model = seeded_model(cfg).eval()
+    ok = make_inputs(cfg, n_images=1, prefix=1, suffix=2)  # BOS + 1 + 16 image tokens + 2 = 20 tokens
+    assert model(**ok).logits.shape[1] == 20
+    long = make_inputs(cfg, n_images=1, prefix=3, suffix=4)  # 24 tokens
+    with pytest.raises(ValueError, match=r"24 tokens \(16 of them image tokens\).*allows 20"):
+        model(**long)

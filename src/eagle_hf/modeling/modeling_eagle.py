@@ -171,6 +171,14 @@ class EagleVLModel(EaglePreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_text(input_ids)
 
+        prefill = cache is None or cache.get_seq_length() == 0
+        if prefill and inputs_embeds.shape[1] > self.config.max_sequence_length:
+            n_image = int((input_ids == self.config.image_token_id).sum(-1).max()) if input_ids is not None else 0
+            raise ValueError(
+                f"the input is {inputs_embeds.shape[1]} tokens ({n_image} of them image tokens) but this model allows "
+                f"{self.config.max_sequence_length}; shorten the text or use fewer images"
+            )
+
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if mm_encoder_outputs.get("image") is None and pixel_values is not None:
             mm_encoder_outputs["image"] = self.get_image_features(pixel_values)
@@ -181,7 +189,7 @@ class EagleVLModel(EaglePreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask, features)
         elif input_ids is not None and (input_ids == self.config.image_token_id).any():
             # Cached decoding steps never contain image tokens; a prompt that does needs its images.
-            if cache is None or cache.get_seq_length() == 0:
+            if prefill:
                 n = int((input_ids == self.config.image_token_id).sum())
                 raise ValueError(f"the text holds {n} image tokens but no images (pixel_values) were given")
 

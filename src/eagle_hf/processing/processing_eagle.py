@@ -167,8 +167,10 @@ class EagleProcessor(ProcessorMixin):
         kwargs = {**text_kwargs, **kwargs}
         if self._chat_add_special_tokens is not None:
             add_special_tokens = self._chat_add_special_tokens
-        for modality in ("videos", "audio"):
-            if kwargs.pop(modality, None) is not None:
+        for modality in ("videos", "audio", "audios"):
+            # Harnesses (lmms-eval, pipelines) pass empty lists for modalities they do not use.
+            value = kwargs.pop(modality, None)
+            if value is not None and not (isinstance(value, (list, tuple)) and not any(value)):
                 raise ValueError(f"EAGLE models take images and text only; got {modality}")
         if kwargs.pop("sanitize_control_tokens", False):
             raise ValueError("EagleProcessor does not support sanitize_control_tokens")
