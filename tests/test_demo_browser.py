@@ -234,7 +234,6 @@ def _artifact(name: str) -> Path:
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 def test_demo_in_headless_chromium(browser, demo_server, ckpt, files):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -514,3 +514,12 @@ def test_prompt_longer_than_model_maximum_is_refused(tiny_config):
     long = make_inputs(cfg, n_images=1, prefix=3, suffix=4)  # 24 tokens
     with pytest.raises(ValueError, match=r"24 tokens \(16 of them image tokens\).*allows 20"):
         model(**long)
+
+
+def test_truncated_native_checkpoint_names_the_file(tmp_path):
+    seeded_model(preset_config("tiny")).save_pretrained(tmp_path)
+    (shard,) = tmp_path.glob("*.safetensors")
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{shard.name} is truncated or corrupt"):
+        EagleVLForConditionalGeneration.from_pretrained(tmp_path)

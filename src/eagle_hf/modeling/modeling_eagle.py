@@ -2,7 +2,11 @@
 `get_image_features` -> placeholder mask -> `masked_scatter` -> language model."""
 
 
+import glob
+import json
+import os
 import re
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +67,25 @@ class EagleMultiModalProjector(nn.Module):
         return features
 
 
+def _broken_safetensors(folder, subfolder=None) -> str | None:
+    """The first safetensors file of a local folder whose header or data is cut short (safetensors'
+    own error does not name the file)."""
+    if folder is None or not os.path.isdir(os.path.join(str(folder), subfolder or "")):
+        return None
+    for path in sorted(glob.glob(os.path.join(str(folder), subfolder or "", "*.safetensors"))):
+        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len)) if 8 + header_len <= size else None
+        except (struct.error, ValueError):
+            return path
+        ends = [entry["data_offsets"][1] for name, entry in (header or {}).items() if name != "__metadata__"]
+        if header is None or 8 + header_len + max(ends, default=0) > size:
+            return path
+    return None
+
+
 class EaglePreTrainedModel(PreTrainedModel):
     config: EagleVLConfig
     base_model_prefix = "model"
@@ -81,11 +104,17 @@ class EaglePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks weights of this model is an
         error: transformers would only warn and leave e.g. a whole expert randomly initialised."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except Exception as err:
+            broken = _broken_safetensors(source, kwargs.get("subfolder"))
+            if broken:
+                raise ValueError(f"{broken} is truncated or corrupt; download or copy it again") from err
+            raise
         missing = sorted(k for k in info.get("missing_keys", ()) if not cls._derived_buffers.search(k))
         if missing and not kwargs.get("ignore_mismatched_sizes"):
             shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
             raise ValueError(
                 f"{source} does not hold all weights of this EAGLE model (is it another expert mix or LLM?); "
                 f"missing: {shown}"

@@ -1,0 +1,365 @@
+"""Convert an original NVlabs EAGLE checkpoint (``model_type: eagle_llama``) to a native eagle-hf folder.
+
+The key table is the declarative one the direct loader uses (`legacy_renamings`), so a converted
+folder and a directly loaded original hold the same tensors. Tensors are streamed one at a time
+from the source files into the output shards (a 34B checkpoint never sits in memory), checked
+strictly against the key set of the native model built on the meta device, and the folder only
+appears at its destination once everything has been written.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..modeling.configuration_eagle import EagleVLConfig
+from ..modeling.expert_eva import eva_rope_table
+from ..modeling.legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
+from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
+from .checkpoint_io import (
+    SourceCheckpoint,
+    nbytes,
+    parse_dtype,
+    parse_size,
+    plan_shards,
+    shard_names,
+    write_index,
+    write_safetensors,
+)
+
+# Chat template implied by the LLM vocabulary when --template is not given: the released
+# checkpoints pair each base LLM with one template (scripts of the original repository):
+#   32000            Vicuna-7B/13B v1.5 (Eagle-X4/X5-7B/13B)        -> vicuna_v1
+#   128256 / 128257  Llama-3-8B-Instruct (+<pad>, Eagle-X4-8B-Plus)  -> llama3
+#   64000            Nous-Hermes-2-Yi-34B (Eagle-X5-34B)            -> yi_34b_chatml_direct
+TEMPLATE_BY_VOCAB = {32000: "vicuna_v1", 128256: "llama3", 128257: "llama3", 64000: "yi_34b_chatml_direct"}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tiktoken.model")
+IMAGE_TOKEN = "<image>"
+_ROPE_TABLE = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
+_ROPE_ALIAS = re.compile(r"\.blocks\.\d+\.attn\.rope\.freqs_(cos|sin)$")
+
+
+def infer_template(config: EagleVLConfig) -> str | None:
+    """Name of the chat template the checkpoint's LLM implies (see `TEMPLATE_BY_VOCAB`), or None."""
+    return TEMPLATE_BY_VOCAB.get(config.text_config.vocab_size)
+
+
+def _expected_tensors(config: EagleVLConfig) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], dict[str, int]]:
+    """Every persistent tensor of the native model (built on the meta device: no memory) and
+    the parameter count of each vision expert."""
+    with torch.device("meta"):
+        model = EagleVLForConditionalGeneration(config)
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)  # saved once, under the embedding
+    sizes = {name: sum(p.numel() for p in expert.parameters())
+             for name, expert in model.model.vision_tower.experts.items()}
+    sizes["language_model"] = sum(p.numel() for p in model.model.language_model.parameters()) + sum(
+        p.numel() for p in model.lm_head.parameters())
+    sizes["projector"] = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    return expected, sizes
+
+
+def _listing(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = "\n  ".join(keys[:limit])
+    more = f"\n  ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def plan_conversion(source: SourceCheckpoint, legacy: EagleLlamaConfig, native: EagleVLConfig) -> tuple[dict, dict]:
+    """Map native key -> original key (or a computed value) and check the result strictly.
+
+    Returns (plan, sizes): plan[native_key] is the original key, or a tensor for an EVA RoPE
+    table the source does not carry (they are derived; computed exactly as the model's init).
+    """
+    expected, sizes = _expected_tensors(native)
+    mapping = rename_legacy_keys(source.keys(), legacy)
+    plan: dict[str, str | torch.Tensor] = {}
+    collisions, unexpected, dropped = [], [], []
+    for original, target in mapping.items():
+        if target is None:
+            dropped.append(original)
+        elif target in plan:
+            collisions.append(f"{plan[target]} and {original} -> {target}")
+        elif target not in expected:
+            if native.tie_word_embeddings and target == "lm_head.weight":
+                continue
+            unexpected.append(f"{original} (-> {target})" if target != original else original)
+        else:
+            plan[target] = original
+    if collisions:
+        raise ValueError(f"{source.folder}: several original tensors map to one native name:{_listing(collisions)}")
+    if unexpected:
+        raise ValueError(
+            f"{source.folder} holds {len(unexpected)} tensors that this EAGLE model (mm_vision_tower "
+            f"{legacy.legacy_vision_tower!r}) does not have:{_listing(unexpected)}"
+        )
+    missing = [k for k in expected if k not in plan]
+    for key in [k for k in missing if _ROPE_TABLE.search(k)]:
+        shape, _ = expected[key]
+        # A file that only kept per-block aliases still carries the saved table: prefer it.
+        kind = _ROPE_TABLE.search(key).group(2)
+        # (There is one EVA expert, so any per-block alias of the right shape is its table.)
+        alias = next((o for o in dropped if _ROPE_ALIAS.search(o) and o.endswith(f"freqs_{kind}")
+                      and source.info(o).shape == shape), None)
+        if alias is not None:
+            plan[key] = alias
+        else:
+            eva = native.vision_config.expert_config("eva")
+            cos, sin = eva_rope_table(math.isqrt(shape[0]), shape[1], eva.rope_theta, eva.rope_pt_seq_len)
+            plan[key] = cos if kind == "cos" else sin
+        missing.remove(key)
+    if missing:
+        groups: dict[str, int] = {}
+        for key in missing:
+            part = key.split(".")
+            group = part[2] if part[:2] == ["model", "vision_tower"] else part[1] if part[0] == "model" else part[0]
+            groups[group] = groups.get(group, 0) + 1
+        summary = ", ".join(f"{g}: {n}" for g, n in groups.items())
+        raise ValueError(
+            f"{source.folder} is missing {len(missing)} weights of this EAGLE model (mm_vision_tower "
+            f"{legacy.legacy_vision_tower!r}; by part: {summary}):{_listing(missing)}"
+        )
+    wrong = []
+    for key, origin in plan.items():
+        shape = tuple(origin.shape) if isinstance(origin, torch.Tensor) else source.info(origin).shape
+        if shape != expected[key][0]:
+            name = origin if isinstance(origin, str) else key
+            wrong.append(f"{name}: {list(shape)}, expected {list(expected[key][0])}")
+    if wrong:
+        raise ValueError(f"{source.folder}: tensors with the wrong shape for this config:{_listing(wrong)}")
+    # Native order = source order, so reading walks each source file front to back.
+    order = {k: i for i, k in enumerate(expected)}
+    source_order = {o: i for i, o in enumerate(source.keys())}
+    ordered = sorted(plan, key=lambda k: (source_order.get(plan[k], math.inf) if isinstance(plan[k], str)
+                                          else math.inf, order[k]))
+    return {k: plan[k] for k in ordered}, sizes
+
+
+def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
+                                template: str | None = None, max_shard_size: int | str = "5GB",
+                                overwrite: bool = False, progress: bool = True) -> Path:
+    """Convert the original checkpoint folder ``src`` into a native eagle-hf folder ``dst``.
+
+    ``dtype``: cast floating tensors (default: keep the source's). ``template``: chat template
+    name (default: `infer_template`). Raises ``ValueError`` for a config or checkpoint that does
+    not describe a loadable EAGLE model (listing offending keys), ``FileNotFoundError`` for a
+    missing folder, ``FileExistsError`` when ``dst`` is a non-empty folder and not ``overwrite``.
+    ``dst`` is written atomically: on any error it is left as it was.
+    """
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a checkpoint folder (no config.json)")
+    out_dtype = parse_dtype(dtype)
+    max_shard = parse_size(max_shard_size)
+    if template is not None:
+        from ..processing import get_template
+
+        get_template(template)  # an unknown name fails before minutes of writing
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise FileExistsError(f"{dst} already exists and is not empty (pass --overwrite to replace it)")
+
+    raw = json.loads((src / "config.json").read_text())
+    if raw.get("model_type") == EagleVLConfig.model_type:
+        raise ValueError(f"{src} is already a native eagle-hf ({EagleVLConfig.model_type}) checkpoint")
+    try:
+        legacy = EagleLlamaConfig.from_pretrained(src)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{src}/config.json: {err}") from err
+    native = EagleVLConfig.from_dict(legacy.native_dict())
+    source = SourceCheckpoint(src)
+    plan, sizes = plan_conversion(source, legacy, native)
+
+    # The config's dtype must describe the tensors as written (the original's torch_dtype may not).
+    float_dtypes = {source.info(o).dtype for o in plan.values()
+                    if isinstance(o, str) and source.info(o).dtype.is_floating_point}
+    written_dtype = out_dtype or (next(iter(float_dtypes)) if len(float_dtypes) == 1 else None)
+    if written_dtype is None and legacy.dtype is not None:
+        written_dtype = legacy.dtype if isinstance(legacy.dtype, torch.dtype) else parse_dtype(legacy.dtype)
+
+    def out_type(origin) -> torch.dtype:
+        src_dtype = origin.dtype if isinstance(origin, torch.Tensor) else source.info(origin).dtype
+        if out_dtype is not None and src_dtype.is_floating_point:
+            return out_dtype
+        if isinstance(origin, torch.Tensor) and written_dtype is not None:
+            return written_dtype
+        return src_dtype
+
+    specs = [(k, tuple(o.shape) if isinstance(o, torch.Tensor) else source.info(o).shape, out_type(o))
+             for k, o in plan.items()]
+    shards = plan_shards(specs, max_shard_bytes=max_shard)
+    names = shard_names(len(shards))
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.converting-", dir=dst.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 must not leak into the published folder
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(nbytes(s, d) for _, s, d in specs), unit="B", unit_scale=True,
+                   desc=f"converting {src.name}", disable=not progress)
+        dtypes = dict((k, d) for k, _, d in specs)
+
+        def produce(name: str) -> torch.Tensor:
+            origin = plan[name]
+            tensor = origin if isinstance(origin, torch.Tensor) else source.get(origin)
+            return tensor.to(dtypes[name])
+
+        for shard, file in zip(shards, names):
+            write_safetensors(tmp / file, shard, produce, on_tensor=lambda _, n: bar.update(n))
+        bar.close()
+        if len(shards) > 1:
+            write_index(tmp, shards, names)
+
+        native.architectures = [EagleVLForConditionalGeneration.__name__]
+        if written_dtype is not None:
+            native.dtype = written_dtype
+        native.save_pretrained(tmp)
+        _save_generation_config(src, native, tmp)
+        template_name = template or infer_template(native)
+        saved_tokenizer = _save_processors(src, native, legacy, tmp, template_name)
+        (tmp / "README.md").write_text(_model_card(src, legacy, native, sizes, written_dtype, out_dtype is not None,
+                                                   template_name, saved_tokenizer))
+        _publish(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """Move the finished folder into place; an existing ``dst`` is replaced only now."""
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.replaced-", dir=dst.parent))
+        os.replace(dst, old / "previous")
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            os.replace(old / "previous", dst)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def _save_generation_config(src: Path, native: EagleVLConfig, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    if (src / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(src)
+    else:
+        text = native.text_config
+        generation = GenerationConfig(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
+                                      pad_token_id=text.pad_token_id)
+    generation.save_pretrained(out)
+
+
+def image_processor_kwargs(config: EagleVLConfig) -> dict:
+    """Image processor settings an original config implies: the experts' shared input size,
+    their normalisation, and padding to a square for ``image_aspect_ratio == "pad"`` (what the
+    original ``process_images`` did; other values fall back to its shortest-edge resize + crop)."""
+    vision = config.vision_config
+    return dict(size=vision.image_size, image_mean=list(vision.image_mean), image_std=list(vision.image_std),
+                pad_to_square=getattr(config, "image_aspect_ratio", None) == "pad")
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES if name != "tokenizer_config.json")
+
+
+def _save_processors(src: Path, native: EagleVLConfig, legacy: EagleLlamaConfig, out: Path,
+                     template_name: str | None) -> bool:
+    from ..processing import EagleImageProcessor
+
+    image_processor = EagleImageProcessor(**image_processor_kwargs(legacy))
+    image_processor.save_pretrained(out)
+    if not has_tokenizer(src):
+        warnings.warn(f"{src} has no tokenizer files: only the image processor is saved; copy the base LLM's "
+                      "tokenizer and build the processor yourself", stacklevel=3)
+        return False
+    from transformers import AutoTokenizer
+
+    from ..processing import EagleProcessor
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except Exception as err:  # tokenizer loading raises many types; the cause is always "this folder"
+        raise ValueError(f"{src}: the tokenizer files cannot be loaded ({type(err).__name__}: {err})") from err
+    # The original vocabularies have no image token: the processor adds "<image>" as the next free
+    # id, which must be the id the model scatters image features into (legacy parsing: vocab_size).
+    processor = EagleProcessor(image_processor=image_processor, tokenizer=tokenizer, template_name=template_name,
+                               image_token=IMAGE_TOKEN, image_seq_length=native.image_seq_length)
+    if processor.image_token_id != native.image_token_id:
+        raise ValueError(
+            f"{src}: the tokenizer gives {IMAGE_TOKEN} the id {processor.image_token_id}, but the model expects "
+            f"image_token_id {native.image_token_id} (= the LLM vocab_size, the first id after the original "
+            f"vocabulary); the tokenizer has {len(tokenizer)} tokens, so it does not belong to this checkpoint"
+        )
+    if template_name is None:
+        warnings.warn(f"no chat template is known for an LLM vocabulary of {native.text_config.vocab_size}; "
+                      "the processor is saved without one (pass --template to choose one)", stacklevel=3)
+    processor.save_pretrained(out)
+    return True
+
+
+def _model_card(src: Path, legacy: EagleLlamaConfig, native: EagleVLConfig, sizes: dict[str, int],
+                dtype: torch.dtype | None, cast: bool, template: str | None, with_tokenizer: bool) -> str:
+    vision = native.vision_config
+    rows = []
+    for name in vision.expert_order:
+        cfg = vision.expert_config(name)
+        size = getattr(cfg, "input_size", None) or getattr(cfg, "image_size", "")
+        rows.append(f"| `{name}` | {vision.channel_offsets[name]} | {vision.expert_channels[name]} | {size} | "
+                    f"{sizes[name] / 1e6:,.1f} M |")
+    text = native.text_config
+    load = "AutoProcessor" if with_tokenizer else "AutoImageProcessor"
+    dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else "as saved"
+    no_tokenizer_note = "" if with_tokenizer else (
+        "\nThe source folder had no tokenizer: only the image processor is included.\n")
+    return f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [eagle, eagle-hf, vision-language, mixture-of-vision-experts]
+---
+
+# {src.name} (eagle-hf)
+
+eagle-hf (transformers-native) conversion of the original [NVlabs EAGLE](https://github.com/NVlabs/EAGLE)
+checkpoint `{src.name}` (`mm_vision_tower` = `{legacy.legacy_vision_tower}`), written by `eagle-hf convert`.
+Weights are unchanged apart from renaming{f" and the cast to {dtype_name}" if cast else ""};
+they are stored as `{dtype_name}` safetensors.
+
+## Vision experts (concatenated on channels in this order)
+
+| expert | channel offset | channels | input size | parameters |
+| --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Fused features: {vision.num_image_tokens} tokens x {vision.hidden_size} channels per image
+({vision.image_size}x{vision.image_size} input); projector `{native.projector_type}`
+(depth {native.projector_depth}) to the LLM width {text.hidden_size}.
+Language model: {text.model_type}, {text.num_hidden_layers} layers, hidden {text.hidden_size},
+vocabulary {text.vocab_size} ({sizes['language_model'] / 1e6:,.1f} M parameters).
+The image placeholder `<image>` has id {native.image_token_id}; the processor expands it to
+{native.image_seq_length} tokens. Chat template: `{template or 'none'}`.
+{no_tokenizer_note}
+## Usage
+
+```python
+import eagle_hf  # registers EAGLE with the transformers Auto classes
+from transformers import AutoModelForImageTextToText, {load}
+
+model = AutoModelForImageTextToText.from_pretrained("PATH")
+processor = {load}.from_pretrained("PATH")
+```
+"""
