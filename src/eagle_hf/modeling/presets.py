@@ -58,3 +58,30 @@ def preset_config(name: str, text_config: dict | None = None, experts: list[str]
     text = copy.deepcopy(text_config if text_config is not None else TINY_TEXT)
     kwargs.setdefault("image_token_id", text.get("vocab_size", 32000) - 1)
     return EagleVLConfig(vision_config=vision_preset(name, experts), text_config=text, **kwargs)
+
+
+# "tiny-train": the smallest mix that learns the quickstart's synthetic VQA task from scratch on a
+# CPU. Shapes are what a tiny mixture learns last; what makes them learnable: a ConvNeXt whose
+# residual blocks start switched on (layer scale 1, not the 1e-6 meant for fine-tuning deep
+# pretrained nets) and whose feature map already has the grid's resolution, so every token sees a
+# whole object without being resampled.
+TINY_TRAIN_EXPERTS = {
+    "convnext": dict(depths=[1, 1, 1, 1], dims=[32, 64, 96, 128], feature_stage=2, input_size=64, patch_size=4,
+                     ls_init_value=1.0),
+    "clip": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                 image_size=64, projection_dim=32),
+}
+TINY_TRAIN_TEXT = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, vocab_size=512, max_position_embeddings=512)
+
+
+def tiny_train_config(vocab_size: int | None = None, **kwargs) -> EagleVLConfig:
+    """The ``tiny-train`` preset: two tiny experts on 64 px images, a 4 x 4 token grid, a tiny Llama
+    (``vocab_size`` to match a tokenizer built from the training data)."""
+    text = copy.deepcopy(TINY_TRAIN_TEXT)
+    if vocab_size is not None:
+        text["vocab_size"] = vocab_size
+    vision = EagleVisionConfig(expert_order=list(TINY_TRAIN_EXPERTS), image_size=64, grid_size=4,
+                               **{f"{n}_config": copy.deepcopy(c) for n, c in TINY_TRAIN_EXPERTS.items()})
+    kwargs.setdefault("image_token_id", text["vocab_size"] - 1)
+    return EagleVLConfig(vision_config=vision, text_config=text, **kwargs)
