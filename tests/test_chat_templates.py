@@ -2,7 +2,6 @@
 prompt strings rendered by the original ``eagle/conversation.py`` (``/work/shared/parity/prompts.json``)."""
 
 import json
-import os
 from pathlib import Path
 
 import jinja2
@@ -11,6 +10,7 @@ from tokenizers import AddedToken, Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from eagle_hf.parity import find_parity_dir
 from eagle_hf.processing import (
     TEMPLATE_ALIASES,
     TEMPLATES,
@@ -25,16 +25,7 @@ from eagle_hf.processing import (
 )
 
 
-def _parity_dir() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("EAGLE_PARITY_DIR"), repo / "shared" / "parity", repo.parent / "shared" / "parity"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "prompts.json").exists():
-            return Path(candidate)
-    return repo / "shared" / "parity"
-
-
-PROMPTS_PATH = _parity_dir() / "prompts.json"
+PROMPTS_PATH = (find_parity_dir() or Path('shared/parity')) / "prompts.json"
 pytestmark = pytest.mark.skipif(not PROMPTS_PATH.exists(), reason="parity prompts.json not available")
 PROMPTS = json.loads(PROMPTS_PATH.read_text()) if PROMPTS_PATH.exists() else {"templates": {}, "questions": {}}
 Q = PROMPTS["questions"]

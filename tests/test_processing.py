@@ -4,7 +4,6 @@
 import ast
 import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 
+from eagle_hf.parity import find_parity_dir
 from eagle_hf.processing import (
     IGNORE_INDEX,
     EagleImageProcessor,
@@ -27,16 +27,7 @@ from eagle_hf.processing import (
 PROCESSING_DIR = Path(__file__).resolve().parents[1] / "src" / "eagle_hf" / "processing"
 
 
-def _parity_dir() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("EAGLE_PARITY_DIR"), repo / "shared" / "parity", repo.parent / "shared" / "parity"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "prompts.json").exists():
-            return Path(candidate)
-    return repo / "shared" / "parity"
-
-
-PARITY = _parity_dir()
+PARITY = (find_parity_dir() or Path('shared/parity'))
 needs_parity = pytest.mark.skipif(not (PARITY / "prompts.json").exists(), reason="parity fixtures not available")
 
 

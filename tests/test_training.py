@@ -6,7 +6,6 @@ Multi-process tests (torchrun DDP / FSDP with gloo) are marked slow: run them wi
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
