@@ -523,3 +523,15 @@ def test_truncated_native_checkpoint_names_the_file(tmp_path):
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=rf"{shard.name} is truncated or corrupt"):
         EagleVLForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_attn_implementation_per_expert_mapping(tmp_path):
+    """How flash-attention is asked for where only some experts have a kernel for it: a nested
+    mapping reaches the LLM and each expert slot (checked here with eager/sdpa on the CPU)."""
+    seeded_model(preset_config("tiny")).save_pretrained(tmp_path)
+    mapping = {"text_config": "eager", "vision_config": {"clip_config": "eager", "": "sdpa"}}
+    model = EagleVLForConditionalGeneration.from_pretrained(tmp_path, attn_implementation=mapping)
+    vision = model.config.vision_config
+    assert model.config.text_config._attn_implementation == "eager"
+    got = {name: vision.expert_config(name)._attn_implementation for name in vision.expert_order}
+    assert got == {"clip": "eager", "convnext": "sdpa", "sam": "sdpa", "pix2struct": "sdpa", "eva": "sdpa"}
