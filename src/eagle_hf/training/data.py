@@ -177,7 +177,7 @@ def read_rows(source: Any, split: str | None = None, streaming: bool = False) ->
         return rows
     if datasets is None:
         raise FileNotFoundError(f"{source}: not a .json/.jsonl file, and `datasets` is not installed")
-    if path.is_dir() and (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded[split or "train"]
