@@ -52,7 +52,7 @@ def _checkpoint_bytes(path: Path) -> int:
 def _cases():
     if PARITY_DIR is None:
         return [pytest.param(None, marks=needs_fixtures, id="no-fixtures")]
-    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _checkpoint_bytes(p) > SLOW_BYTES else [])
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow, pytest.mark.full_size] if _checkpoint_bytes(p) > SLOW_BYTES else [])
             for p in list_fixtures(PARITY_DIR)]
 
 

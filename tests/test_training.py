@@ -40,18 +40,6 @@ from eagle_hf.training.sampler import modality_grouped_order
 from eagle_hf.training.synthetic import COLORS, NUMBERS, SHAPES, make_synthetic_vqa
 from eagle_hf.training.tiny import build_tiny
 
-SLOW_OPT_IN = "RUN_SLOW"
-
-
-@pytest.fixture(autouse=True)
-def _slow_needs_opt_in(request):
-    if request.node.get_closest_marker("slow") is None:
-        return
-    opted_in = "slow" in (request.config.option.markexpr or "") or os.environ.get(SLOW_OPT_IN) in ("1", "yes", "true")
-    if not opted_in:
-        pytest.skip("multi-process test: run with -m slow or RUN_SLOW=1")
-
-
 @pytest.fixture(scope="module")
 def vqa(tmp_path_factory):
     """A small synthetic VQA set: 48 training images (multi-turn rows), 6 test images."""
@@ -448,6 +436,34 @@ def test_bf16_autocast_runs_on_the_cpu(vqa, tmp_path):
     assert summary["steps"] == 2 and summary["train_loss"] == summary["train_loss"]  # not NaN
 
 
+def test_streamed_data_and_mixed_modalities_train(vqa, tmp_path, image_dir):
+    datasets = pytest.importorskip("datasets")
+    rows = json.loads(vqa["train"].read_text())[:8]
+    rows += [{"id": f"text-{i}", "conversations": [{"from": "human", "value": "How many objects are there?"},
+                                                    {"from": "gpt", "value": "two"}]} for i in range(4)]
+    stream = datasets.Dataset.from_list([{**r, "image": r.get("image")} for r in rows]).to_iterable_dataset()
+    summary = train(_options(vqa, tmp_path / "s", data=stream, streaming=True, max_steps=2, save_steps=100,
+                             resume=False))
+    assert summary["steps"] == 2
+
+
+def test_trainer_uses_the_modality_sampler_and_stage_learning_rates(vqa, tmp_path, train_set):
+    from eagle_hf.training import EagleTrainer
+    from eagle_hf.training.api import build_training_arguments
+
+    model, processor = build_tiny(train_set.examples)
+    lrs = StageLRs(1e-3, projector=3e-3, experts=2e-4)
+    apply_stage(model, "finetune", lrs)
+    opts = _options(vqa, tmp_path / "t")
+    trainer = EagleTrainer(model=model, args=build_training_arguments(opts, False, False), train_dataset=train_set,
+                           data_collator=EagleDataCollator(processor), stage_lrs=lrs, group_by_modality_length=True)
+    assert isinstance(trainer._get_train_sampler(), ModalityLengthGroupedSampler)
+    optimizer = trainer.create_optimizer()
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == {
+        "experts": 2e-4, "experts.no_decay": 2e-4, "llm": 1e-3, "llm.no_decay": 1e-3,
+        "projector": 3e-3, "projector.no_decay": 3e-3}
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
@@ -485,6 +501,34 @@ def test_score_is_strip_and_lowercase_exact_match(train_set):
     refs = [ex.prompt_and_answer()[1] for ex in examples]
     result = score([f"  {refs[0].upper()} ", refs[1] + "x"], examples)
     assert result["exact_match"] == 0.5 and result["n"] == 2
+
+
+def test_quickstart_runs_end_to_end_in_miniature(tmp_path):
+    r = _cli("quickstart", "--output-dir", tmp_path / "qs", "--minutes", 1, "--train-images", 24, "--test-images", 3,
+             "--steps-scale", 0.002, "--batch-size", 4, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["n"] == len(json.loads((tmp_path / "qs" / "data" / "test.json").read_text()))
+    assert set(result["per_type"]) == {"color", "shape", "position", "count"}
+    assert {"text_only_exact_match", "answer_prior_exact_match"} <= set(result)
+    assert (tmp_path / "qs" / "model" / "training_loss.csv").exists()
+    assert "with image" in r.stdout and "blank image" in r.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_the_target(tmp_path):
+    """The README's main command as a user runs it (ten-minute budget): >= 90 % exact match on
+    held-out images, every question type learnt (shape included), while the same model shown blank
+    images stays at the answer prior."""
+    r = _cli("quickstart", "--output-dir", tmp_path / "qs", "--no-progress", timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["n"] == 1200
+    assert result["exact_match"] >= 0.9, result
+    assert min(result["per_type"].values()) >= 0.8, result["per_type"]
+    assert result["text_only_exact_match"] <= result["answer_prior_exact_match"] + 0.05, result
+    assert result["train_seconds"] <= 10 * 60 + 30
+    assert (tmp_path / "qs" / "model" / "training_loss.png").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------------------------

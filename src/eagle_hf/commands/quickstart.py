@@ -11,11 +11,15 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-# The recipe (see the training notes in the README): enough distinct images that the model
-# cannot memorise them, a large learning rate for weights trained from scratch, and a wall-clock
-# budget over which the learning rate is annealed.
-RECIPE = dict(n_train=12000, n_test=300, image_size=64, batch_size=32, learning_rate=2e-3, max_steps=3000,
-              warmup=0.03)
+# The recipe. Trained from scratch in one stage, the tiny EAGLE learns colour (a strong feature of
+# any random network) and then sits near chance on shape, count and position for thousands of
+# steps. Two stages fix that, in the order of EAGLE's pre-alignment: first the experts and the
+# projector train against the frozen (random) LLM, then everything trains together. In a
+# controlled prototype (same model, data and 900 steps) one stage reached shape/position/count
+# 0.46/0.51/0.36 and two stages (400 + 500) 0.63/1.00/0.99; with the step counts below the
+# quickstart reaches >= 0.97 on every type (README, "Training").
+RECIPE = dict(n_train=12000, n_test=300, image_size=64, batch_size=32,
+              stages=(("prealign", 1e-3, 1200, 0.45), ("finetune", 1e-3, 1800, 0.55)), warmup=0.03)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="eagle-quickstart", help="data, model, plots and results go here")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="training time budget; the learning rate anneals over it, training stops when it is spent")
-    parser.add_argument("--max-steps", type=int, default=RECIPE["max_steps"],
-                        help="stop earlier than the budget after this many steps")
     parser.add_argument("--train-images", type=int, default=RECIPE["n_train"])
     parser.add_argument("--test-images", type=int, default=RECIPE["n_test"])
     parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    parser.add_argument("--learning-rate", type=float, default=RECIPE["learning_rate"])
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply each stage's step cap (the time budget still applies)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -61,16 +64,27 @@ def run(args: argparse.Namespace) -> int:
     paths = make_synthetic_vqa(out / "data", args.train_images, args.test_images, image_size=RECIPE["image_size"],
                                seed=args.seed)
     print(f"[2/4] training the tiny model for up to {args.minutes:g} min on "
-          f"{'the GPU' if _cuda() else 'the CPU'} (eagle-hf train --model tiny) -> {out / 'model'}")
-    model_dir = out / "model"
-    summary = train(TrainOptions(
-        data=str(paths["train"]), image_folder=str(paths["image_folder"]), model="tiny", output_dir=str(model_dir),
-        stage="finetune", max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup=RECIPE["warmup"], save_steps=10**9, save_total_limit=1, logging_steps=25, resume=False,
-        time_budget_s=args.minutes * 60, seed=args.seed, progress=args.progress,
-    ))
-    print(f"      {summary['steps']} steps in {summary['train_runtime_s']:.0f} s, final training loss "
-          f"{summary['train_loss']:.3f}; loss curve: {model_dir / 'loss.png'}")
+          f"{'the GPU' if _cuda() else 'the CPU'} -> {out / 'model'}")
+    model_dir, source, steps, seconds, curves = out / "model", "tiny", 0, 0.0, []
+    for k, (stage, lr, max_steps, share) in enumerate(RECIPE["stages"]):
+        stage_dir = model_dir if k == len(RECIPE["stages"]) - 1 else out / f"stage{k + 1}-{stage}"
+        cap = max(1, int(max_steps * args.steps_scale))
+        print(f"      stage {k + 1}: eagle-hf train --data {paths['train']} --image-folder {paths['image_folder']} "
+              f"--model {source} --output-dir {stage_dir} --stage {stage} --learning-rate {lr:g} "
+              f"--max-steps {cap} --batch-size {args.batch_size} --warmup {RECIPE['warmup']:g} "
+              f"--time-budget {args.minutes * share:.1f} --no-resume")
+        summary = train(TrainOptions(
+            data=str(paths["train"]), image_folder=str(paths["image_folder"]), model=source,
+            output_dir=str(stage_dir), stage=stage, max_steps=cap, batch_size=args.batch_size, learning_rate=lr,
+            warmup=RECIPE["warmup"], save_steps=10**9, save_total_limit=1, logging_steps=25, resume=False,
+            time_budget_s=args.minutes * share * 60, seed=args.seed, progress=args.progress,
+        ))
+        print(f"      stage {k + 1} ({stage}): {summary['steps']} steps in {summary['train_runtime_s']:.0f} s, "
+              f"final training loss {summary['train_loss']:.3f}")
+        source, steps, seconds = str(stage_dir), steps + summary["steps"], seconds + summary["train_runtime_s"]
+        curves.append((stage, stage_dir))
+    plot = write_stage_plot(curves, model_dir)
+    print(f"      loss curve: {plot}")
 
     print("[3/4] evaluating on held-out images (eagle-hf eval), then with blank images (text-only baseline)")
     model, processor = load_for_eval(str(model_dir))
@@ -93,13 +107,51 @@ def run(args: argparse.Namespace) -> int:
         "text_only_exact_match": text_only["exact_match"],
         "text_only_per_type": {t: s["exact_match"] for t, s in text_only["per_type"].items()},
         "answer_prior_exact_match": prior_scores["exact_match"],
-        "train_steps": summary["steps"], "train_seconds": summary["train_runtime_s"],
-        "total_seconds": time.time() - t0, "model": str(model_dir), "loss_plot": str(model_dir / "loss.png"),
+        "train_steps": steps, "train_seconds": seconds,
+        "total_seconds": time.time() - t0, "model": str(model_dir), "loss_plot": str(plot),
     }
     (out / "results.json").write_text(json.dumps({**result, "predictions": predictions}, indent=1, default=str))
     print(f"model: {model_dir}  (reload: import eagle_hf; AutoModelForImageTextToText.from_pretrained(...))")
     print(json.dumps(result))
     return 0
+
+
+def write_stage_plot(curves: list[tuple[str, Path]], model_dir: Path) -> Path:
+    """One loss curve over both stages (``training_loss.png`` + ``.csv`` next to the model)."""
+    rows, offset = [], 0
+    for stage, folder in curves:
+        last = 0
+        for line in (Path(folder) / "loss.csv").read_text().splitlines()[1:]:
+            step, split, loss = line.split(",")
+            if split == "train":
+                rows.append((offset + int(step), stage, float(loss)))
+                last = int(step)
+        offset += last
+    table = model_dir / "training_loss.csv"
+    table.write_text("step,stage,loss\n" + "".join(f"{s},{st},{loss}\n" for s, st, loss in rows))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return table
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for stage, _ in curves:
+        pts = [(s, loss) for s, st, loss in rows if st == stage]
+        if pts:
+            ax.plot(*zip(*pts), label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("eagle-hf quickstart: tiny EAGLE on synthetic VQA")
+    fig.tight_layout()
+    path = model_dir / "training_loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _cuda() -> bool:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="per device")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--learning-rate", type=float,
-                        help="default: the original recipe's for the stage (2e-5 finetune, 1e-3 pretrain), 2e-3 for tiny")
+                        help="default: the original recipe's for the stage (2e-5 finetune, 1e-3 pretrain), 1e-3 for tiny")
     parser.add_argument("--projector-lr", type=float, help="learning rate of the projector (default: --learning-rate)")
     parser.add_argument("--expert-lr", type=float, help="learning rate of the vision experts (default: --learning-rate)")
     parser.add_argument("--weight-decay", type=float, default=0.0)

@@ -60,11 +60,12 @@ def preset_config(name: str, text_config: dict | None = None, experts: list[str]
     return EagleVLConfig(vision_config=vision_preset(name, experts), text_config=text, **kwargs)
 
 
-# "tiny-train": the smallest mix that learns the quickstart's synthetic VQA task from scratch on a
-# CPU. Shapes are what a tiny mixture learns last; what makes them learnable: a ConvNeXt whose
-# residual blocks start switched on (layer scale 1, not the 1e-6 meant for fine-tuning deep
-# pretrained nets) and whose feature map already has the grid's resolution, so every token sees a
-# whole object without being resampled.
+# "tiny-train": the model of `eagle-hf train --model tiny` and the quickstart, small enough to learn
+# the synthetic VQA task from scratch on a CPU in minutes. The ConvNeXt's residual blocks start
+# switched on (layer scale 1, not the 1e-6 meant for deep pretrained nets) and its third stage
+# already has the 4 x 4 grid's resolution at 64 px, so no token is an interpolation of others.
+# (What makes shapes, counts and positions learnable at all is the training recipe, pre-alignment
+# before fine-tuning: see eagle_hf/commands/quickstart.py.)
 TINY_TRAIN_EXPERTS = {
     "convnext": dict(depths=[1, 1, 1, 1], dims=[32, 64, 96, 128], feature_stage=2, input_size=64, patch_size=4,
                      ls_init_value=1.0),

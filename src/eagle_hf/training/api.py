@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 # trained from random weights (`tiny`) needs a large one throughout.
 DEFAULT_LR = {"pretrain": 1e-3, "prealign": 2e-4, "finetune": 2e-5, "lora": 2e-4, "lora-experts": 2e-4,
               "qlora": 2e-4, "qlora-experts": 2e-4}
-TINY_LR = 2e-3
+TINY_LR = 1e-3
 
 
 @dataclass
