@@ -515,6 +515,13 @@ def test_quickstart_runs_end_to_end_in_miniature(tmp_path):
     assert "with image" in r.stdout and "blank image" in r.stdout
 
 
+@pytest.mark.parametrize("flag", ["--minutes", "--train-images", "--steps-scale"])
+def test_quickstart_refuses_non_positive_sizes(tmp_path, flag):
+    r = _cli("quickstart", "--output-dir", tmp_path / "qs", flag, 0)
+    assert r.returncode != 0 and f"{flag} must be positive" in r.stderr
+    assert not (tmp_path / "qs").exists()
+
+
 @pytest.mark.slow
 def test_quickstart_reaches_the_target(tmp_path):
     """The README's main command as a user runs it (ten-minute budget): >= 90 % exact match on

@@ -17,7 +17,7 @@ from pathlib import Path
 # projector train against the frozen (random) LLM, then everything trains together. In a
 # controlled prototype (same model, data and 900 steps) one stage reached shape/position/count
 # 0.46/0.51/0.36 and two stages (400 + 500) 0.63/1.00/0.99; with the step counts below the
-# quickstart reaches >= 0.97 on every type (README, "Training").
+# quickstart reaches >= 0.96 on every type (README, "Training").
 RECIPE = dict(n_train=12000, n_test=300, image_size=64, batch_size=32,
               stages=(("prealign", 1e-3, 1200, 0.45), ("finetune", 1e-3, 1800, 0.55)), warmup=0.03)
 
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluation import evaluate, format_table, load_for_eval
     from ..training.synthetic import make_synthetic_vqa
 
+    for name in ("minutes", "train_images", "test_images", "batch_size", "steps_scale"):
+        if not getattr(args, name) > 0:
+            raise SystemExit(f"eagle-hf quickstart: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     out = Path(args.output_dir)
     t0 = time.time()
     print(f"[1/4] synthetic VQA set: {args.train_images} training and {args.test_images} held-out images -> {out / 'data'}")
