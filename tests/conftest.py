@@ -1,6 +1,6 @@
 """Shared fixtures and helpers for the eagle-hf test suite (CPU, tiny configurations).
 
-Fixtures: ``tiny_config`` (the ``preset_config("tiny")`` mix of all five experts with a tiny
+Fixtures: ``ckpt`` (a saved tiny checkpoint, per module), ``tiny_config`` (the ``preset_config("tiny")`` mix of all five experts with a tiny
 Llama), ``tiny_model`` (an ``EagleVLForConditionalGeneration`` built from it, seeded, eval mode).
 Helpers (import them with ``from conftest import ...``): ``make_inputs``, ``make_prompt``,
 ``make_pixel_values``, ``left_pad``, ``tiny_text_config``, ``distinct_width_vision_config``,
@@ -132,6 +132,17 @@ def tiny_config():
 @pytest.fixture
 def tiny_model(tiny_config):
     return seeded_model(tiny_config)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """``(path, model, processor)`` of a saved tiny checkpoint (12 new tokens by default), built
+    once per test module: the inference, CLI and demo tests load it as a user would."""
+    from eagle_hf.testing import build_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny-eagle")
+    model, processor = build_tiny_checkpoint(path, max_new_tokens=12)
+    return path, model, processor
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,13 +29,6 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo-model")
-    model, processor = build_tiny_checkpoint(path, max_new_tokens=12)
-    return path, model, processor
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo-files")
     out = {"cat.png": folder / "cat.png", "dog.jpg": folder / "dog.jpg", "broken.png": folder / "broken.png"}

@@ -31,13 +31,6 @@ QUESTION = "What is in the image?"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-eagle")
-    model, processor = build_tiny_checkpoint(path, max_new_tokens=12)
-    return path, model, processor
-
-
-@pytest.fixture(scope="module")
 def small_context_ckpt(tmp_path_factory):
     """A checkpoint whose context (64 tokens) holds one image turn but not two."""
     path = tmp_path_factory.mktemp("tiny-eagle-ctx64")

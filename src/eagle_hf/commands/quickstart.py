@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"      stage {k + 1} ({stage}): {summary['steps']} steps in {summary['train_runtime_s']:.0f} s, "
               f"final training loss {summary['train_loss']:.3f}")
         source, steps, seconds = str(stage_dir), steps + summary["steps"], seconds + summary["train_runtime_s"]
-        curves.append((stage, stage_dir))
+        curves.append((stage, stage_dir, summary["steps"]))
     plot = write_stage_plot(curves, model_dir)
     print(f"      loss curve: {plot}")
 
@@ -119,42 +119,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_stage_plot(curves: list[tuple[str, Path]], model_dir: Path) -> Path:
-    """One loss curve over both stages (``training_loss.png`` + ``.csv`` next to the model)."""
-    rows, offset = [], 0
-    for stage, folder in curves:
-        last = 0
-        for line in (Path(folder) / "loss.csv").read_text().splitlines()[1:]:
-            step, split, loss = line.split(",")
-            if split == "train":
-                rows.append((offset + int(step), stage, float(loss)))
-                last = int(step)
-        offset += last
-    table = model_dir / "training_loss.csv"
-    table.write_text("step,stage,loss\n" + "".join(f"{s},{st},{loss}\n" for s, st, loss in rows))
-    try:
-        import matplotlib
+def write_stage_plot(stages: list[tuple[str, Path, int]], model_dir: Path) -> Path:
+    """One training-loss curve over all stages, each stage's steps after the previous ones'
+    (``training_loss.csv`` and, with matplotlib, ``training_loss.png`` next to the model)."""
+    from ..training.api import plot_losses, read_loss_log
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return table
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for stage, _ in curves:
-        pts = [(s, loss) for s, st, loss in rows if st == stage]
-        if pts:
-            ax.plot(*zip(*pts), label=stage)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("eagle-hf quickstart: tiny EAGLE on synthetic VQA")
-    fig.tight_layout()
-    path = model_dir / "training_loss.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    series, offset = {}, 0
+    for stage, folder, steps in stages:
+        series[stage] = [(offset + step, loss) for step, loss in read_loss_log(folder)["train"]]
+        offset += steps
+    table = model_dir / "training_loss.csv"
+    table.write_text("step,stage,loss\n" + "".join(f"{s},{stage},{loss}\n" for stage, points in series.items()
+                                                   for s, loss in points))
+    plot = plot_losses(series, model_dir / "training_loss.png", ylabel="training loss",
+                       title="eagle-hf quickstart: tiny EAGLE on synthetic VQA")
+    return Path(plot) if plot else table
 
 
 def _cuda() -> bool:

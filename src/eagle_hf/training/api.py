@@ -249,7 +249,6 @@ def write_loss_log(log_history: list[dict], output_dir: str) -> list[str]:
     """``loss.csv`` (step, training loss, eval loss) and, with matplotlib, ``loss.png``."""
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    written = []
     path = os.path.join(output_dir, "loss.csv")
     with open(path, "w") as f:
         f.write("step,split,loss\n")
@@ -257,30 +256,47 @@ def write_loss_log(log_history: list[dict], output_dir: str) -> list[str]:
             f.write(f"{step},train,{loss}\n")
         for step, loss in evals:
             f.write(f"{step},eval,{loss}\n")
-    written.append(path)
+    written = [path]
+    if train:
+        plot = plot_losses({"train": train, "eval": evals}, os.path.join(output_dir, "loss.png"), styles={"eval": "o-"})
+        written += [plot] if plot else []
+    return written
+
+
+def read_loss_log(output_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """The ``(step, loss)`` series of a run's ``loss.csv``, by split (``train``, ``eval``)."""
+    series: dict[str, list[tuple[int, float]]] = {"train": [], "eval": []}
+    for line in (Path(output_dir) / "loss.csv").read_text().splitlines()[1:]:
+        step, split, loss = line.split(",")
+        series[split].append((int(step), float(loss)))
+    return series
+
+
+def plot_losses(series: dict[str, list[tuple[int, float]]], path: str | Path, ylabel: str = "loss",
+                title: str | None = None, styles: dict[str, str] | None = None) -> str | None:
+    """Named ``(step, loss)`` series on one log-scale plot; ``None`` where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return written
-    if train:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*train), label="train")
-        if evals:
-            ax.plot(*zip(*evals), "o-", label="eval")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = os.path.join(output_dir, "loss.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for label, points in series.items():
+        if points:
+            ax.plot(*zip(*points), (styles or {}).get(label, "-"), label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
 
 
 def _first_examples(stream, n: int):
