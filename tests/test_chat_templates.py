@@ -10,7 +10,7 @@ from tokenizers import AddedToken, Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from eagle_hf.parity import find_parity_dir
+from eagle_hf.testing.parity import find_parity_dir
 from eagle_hf.processing import (
     TEMPLATE_ALIASES,
     TEMPLATES,

@@ -1,7 +1,7 @@
 """Original NVlabs EAGLE checkpoints: direct loading, conversion, and parity with the original code.
 
 Every case file in ``shared/parity`` is rebuilt as an original-format checkpoint (cached between
-runs, see `eagle_hf.parity.default_cache_dir`), loaded directly and after ``eagle-hf convert``, and
+runs, see `eagle_hf.testing.parity.default_cache_dir`), loaded directly and after ``eagle-hf convert``, and
 compared stage by stage with the original's numbers. Cases over 4 GB (full mixtures such as X5:
 9 GB, minutes of CPU, ~10 GB RAM) are marked slow and only run with ``-m slow`` or ``RUN_SLOW=1``.
 The remaining tests use the smallest case or zero-filled variants of the cases' manifests
@@ -24,7 +24,7 @@ from eagle_hf.cli import main as cli_main
 from eagle_hf.convert import SourceCheckpoint, convert_original_checkpoint, infer_template
 from eagle_hf.convert.checkpoint_io import CheckpointError, read_safetensors_header
 from eagle_hf.modeling.expert_eva import eva_rope_table
-from eagle_hf.parity import (
+from eagle_hf.testing.parity import (
     build_original_checkpoint,
     cached_original_checkpoint,
     draw_test_image,
@@ -521,7 +521,7 @@ def test_already_native_folder_is_refused(tmp_path, converted):
 
 def test_compare_stage_catches_deviations():
     """The comparison is not vacuous: one sample or the statistics past the bound fail the stage."""
-    from eagle_hf.parity import compare_stage
+    from eagle_hf.testing.parity import compare_stage
 
     entry = load_fixture(_small_case())["outputs"]["fused_vision_features"]
     tensor = torch.zeros(entry["shape"])

@@ -15,7 +15,7 @@ from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
 
-from eagle_hf.parity import find_parity_dir
+from eagle_hf.testing.parity import find_parity_dir
 from eagle_hf.processing import (
     IGNORE_INDEX,
     EagleImageProcessor,

@@ -17,7 +17,7 @@ from .modeling import (
     register_expert,
     vision_preset,
 )
-from .modeling.legacy_eagle_llama import EagleLlamaConfig, EagleLlamaForConditionalGeneration
+from .convert.legacy_eagle_llama import EagleLlamaConfig, EagleLlamaForConditionalGeneration
 
 __version__ = "0.1.0"
 

@@ -278,7 +278,7 @@ def write_model_card(folder: str | os.PathLike, model=None, processor=None, *, r
 
 def load_config(folder: str | os.PathLike):
     from . import EagleVLConfig
-    from .modeling.legacy_eagle_llama import EagleLlamaConfig
+    from .convert.legacy_eagle_llama import EagleLlamaConfig
 
     config_file = Path(folder) / "config.json"
     if not config_file.is_file():

@@ -20,7 +20,7 @@ import torch
 
 from ..modeling.configuration_eagle import EagleVLConfig
 from ..modeling.expert_eva import eva_rope_table
-from ..modeling.legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
+from .legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
 from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
 from .checkpoint_io import (
     SourceCheckpoint,

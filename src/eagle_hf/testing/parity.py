@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert.checkpoint_io import nbytes, parse_dtype, plan_shards, shard_names, write_index, write_safetensors
+from ..convert.checkpoint_io import nbytes, parse_dtype, plan_shards, shard_names, write_index, write_safetensors
 
 IMAGE_TOKEN_INDEX = -200  # the original's sentinel for "image features go here"
 
@@ -365,7 +365,7 @@ def _exact(name: str, ok: bool, detail: str = "", error: float = 0.0) -> StageRe
 
 def native_expert_name(original: str) -> str:
     """Native expert of an original tower name (``clip-448`` -> ``clip``, single-CLIP towers -> ``clip``)."""
-    from .modeling.legacy_eagle_llama import ORIGINAL_TOWERS, is_single_clip
+    from ..convert.legacy_eagle_llama import ORIGINAL_TOWERS, is_single_clip
 
     if original in ORIGINAL_TOWERS:
         return ORIGINAL_TOWERS[original][0]
@@ -386,8 +386,8 @@ def image_processor_for_config(config):
     """The image processor an original (or native) config implies: the shared input size,
     the normalisation the experts were trained with, and padding to a square for
     ``image_aspect_ratio == "pad"``."""
-    from .convert import image_processor_kwargs
-    from .processing import EagleImageProcessor
+    from ..convert import image_processor_kwargs
+    from ..processing import EagleImageProcessor
 
     return EagleImageProcessor(**image_processor_kwargs(config))
 
@@ -524,7 +524,7 @@ def run_parity(fixture_path: str | os.PathLike | dict, model_or_dir, image_proce
         stages.append(_exact("spliced sequence layout", layout_ok,
                              f"length {ids.shape[1]} / image span {positions[:1]}..{positions[-1:]} vs fixture "
                              f"{sequence.get('total_length')} / {span}"))
-        from .modeling.modeling_eagle import EagleImageFeaturesOutput
+        from ..modeling.modeling_eagle import EagleImageFeaturesOutput
 
         image_outputs = EagleImageFeaturesOutput(last_hidden_state=fused, pooler_output=list(projected))
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),

@@ -15,8 +15,8 @@ import re
 from huggingface_hub.dataclasses import strict
 from transformers.core_model_loading import WeightRenaming, apply_renamings
 
-from .configuration_eagle import FULL_SIZE_EXPERTS, EagleVLConfig
-from .modeling_eagle import EagleVLForConditionalGeneration
+from ..modeling.configuration_eagle import FULL_SIZE_EXPERTS, EagleVLConfig
+from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
 
 # Constants of the original mixture (hard-coded there, so they are facts about the format).
 ORIGINAL_MIXTURE_IMAGE_SIZE = 1024

@@ -76,7 +76,7 @@ def build_tiny_processor(config, template_name: str = "vicuna_v1", chat_template
     """`EagleProcessor` for a tiny config: an image processor at the mixture's input size and the
     offline tokenizer. ``template_name``: one of the original conversation templates;
     ``chat_template``: a Jinja string that replaces it."""
-    from .processing import EagleImageProcessor, EagleProcessor
+    from ..processing import EagleImageProcessor, EagleProcessor
 
     tokenizer = build_tiny_tokenizer(
         config.text_config.vocab_size, model_max_length=model_max_length or config.max_sequence_length)
@@ -98,7 +98,7 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, experts: list[
     The folder holds config.json, model.safetensors, the processor (image processor,
     tokenizer, chat template) and generation_config.json; with ``model_card`` also README.md.
     """
-    from . import EagleVLForConditionalGeneration, preset_config
+    from .. import EagleVLForConditionalGeneration, preset_config
 
     config = preset_config(
         "tiny", experts=experts,
@@ -120,13 +120,13 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, experts: list[
     model.save_pretrained(path)
     processor.save_pretrained(path)
     if model_card:
-        from .hub import write_model_card
+        from ..hub import write_model_card
 
         write_model_card(path, model=model, base_models=None)
     return model, processor
 
 
 def _tiny_text() -> dict:
-    from .modeling.presets import TINY_TEXT
+    from ..modeling.presets import TINY_TEXT
 
     return dict(TINY_TEXT)
