@@ -174,9 +174,11 @@ def test_streamed_text_equals_generate(ckpt, images):
 
 def test_stream_generate_reraises_errors_from_the_generation_thread(ckpt):
     _, model, processor = ckpt
-    ids = torch.tensor([[1, model.config.image_token_id, 5]])  # one image token, no image
-    with pytest.raises(ValueError, match="image tokens but no images"):
-        list(stream_generate(model, processor.tokenizer, {"input_ids": ids}, max_new_tokens=2))
+    ids = torch.tensor([[1, model.config.image_token_id, 5]])  # one image token, two images
+    size = model.config.vision_config.image_size
+    bad = {"input_ids": ids, "pixel_values": torch.zeros(2, 3, size, size)}
+    with pytest.raises(ValueError, match="but 2 images were given"):
+        list(stream_generate(model, processor.tokenizer, bad, max_new_tokens=2))
 
 
 def test_batched_mixed_sizes_left_padding_equals_one_at_a_time(ckpt, images):

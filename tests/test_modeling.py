@@ -438,15 +438,6 @@ def test_images_but_no_placeholder(tiny_model, tiny_config):
         tiny_model(**inputs)
 
 
-def test_placeholders_but_no_images(tiny_model, tiny_config):
-    inputs = make_inputs(tiny_config, n_images=1, batch_size=1)
-    del inputs["pixel_values"]
-    with pytest.raises(ValueError, match="holds 16 image tokens but no images"):
-        tiny_model(**inputs)
-    with pytest.raises(ValueError, match="holds 16 image tokens but no images"):
-        tiny_model.generate(**inputs, **GEN)
-
-
 def test_text_only_input_works(tiny_model, tiny_config):
     inputs = make_inputs(tiny_config, n_images=0, batch_size=2, ragged=True)
     out = tiny_model(**inputs)

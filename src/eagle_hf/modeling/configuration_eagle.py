@@ -173,4 +173,15 @@ class EagleVLConfig(PreTrainedConfig):
 
     @property
     def max_sequence_length(self) -> int:
-        return self.model_max_length or self.text_config.max_position_embeddings
+        """``model_max_length``, else the LLM's position budget: ``max_position_embeddings``, raised by
+        a RoPE scaling ``factor`` (applied to ``original_max_position_embeddings`` where given)."""
+        if self.model_max_length:
+            return self.model_max_length
+        limit = self.text_config.max_position_embeddings
+        rope = getattr(self.text_config, "rope_parameters", None) or {}
+        # One dict, or one per layer type (e.g. {"full_attention": {...}, "sliding_attention": {...}}).
+        for params in [rope] if "rope_type" in rope else [v for v in rope.values() if isinstance(v, dict)]:
+            if params.get("rope_type", "default") != "default" and params.get("factor"):
+                base = params.get("original_max_position_embeddings") or self.text_config.max_position_embeddings
+                limit = max(limit, int(base * params["factor"]))
+        return limit

@@ -3,7 +3,7 @@
 
 import torch
 from huggingface_hub.dataclasses import strict
-from timm.models.convnext import ConvNeXt, ConvNeXtBlock
+from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
@@ -56,6 +56,8 @@ class EagleConvNextExpert(VisionExpertMixin, PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _no_split_modules = ["ConvNeXtBlock"]
+    # output_hidden_states records the stem output and each stage's, as transformers' ConvNext does.
+    _can_record_outputs = {"hidden_states": ConvNeXtStage}
 
     def __init__(self, config: EagleConvNextExpertConfig):
         super().__init__(config)

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .registry import VisionExpertMixin, register_expert
 
@@ -97,7 +98,26 @@ class EagleEvaPatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
+def eva_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                        **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """EVA-02's own eager attention, in the signature of transformers' attention interface.
+    Unlike transformers' generic eager path it scales q before the product and takes the softmax
+    in the activation dtype, as the original did (bit-level parity)."""
+    weights = (query * scaling) @ key.transpose(-2, -1)
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = weights.softmax(dim=-1).type_as(query)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
 class EagleEvaAttention(nn.Module):
+    """Bidirectional attention with 2-D RoPE; the kernel comes from transformers' attention
+    interface (``config._attn_implementation``), so `set_attn_implementation` switches it at run time."""
+
+    is_causal = False
+
     def __init__(self, config: EagleEvaExpertConfig):
         super().__init__()
         dim = config.hidden_size
@@ -105,6 +125,7 @@ class EagleEvaAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = dim // self.num_heads
         self.scale = self.head_dim**-0.5
+        self.scaling = self.scale
         self.q_proj = nn.Linear(dim, dim, bias=False)
         self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim, bias=False)
@@ -112,7 +133,7 @@ class EagleEvaAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: EagleEvaRope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: EagleEvaRope, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, n, dim = x.shape
         q = F.linear(x, self.q_proj.weight, self.q_bias)
         k = F.linear(x, self.k_proj.weight)
@@ -120,13 +141,9 @@ class EagleEvaAttention(nn.Module):
         q, k, v = (t.reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         q = rope(q).type_as(v)
         k = rope(k).type_as(v)
-        if self.config._attn_implementation == "eager":
-            # Original order: scale q after RoPE, softmax, cast back to the activation dtype.
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).type_as(x)
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(batch, n, dim))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eva_eager_attention)
+        out, weights = attention(self, q, k, v, None, scaling=self.scaling, dropout=0.0, is_causal=False, **kwargs)
+        return self.proj(out.reshape(batch, n, dim)), weights
 
 
 class EagleEvaSwiGLU(nn.Module):
@@ -157,10 +174,10 @@ class EagleEvaBlock(GradientCheckpointingLayer):
         if self.window_size:
             ws = self.window_size
             h = h.reshape(batch, height // ws, ws, width // ws, ws, dim).permute(0, 1, 3, 2, 4, 5)
-            h = self.attn(h.reshape(-1, ws * ws, dim), rope)
+            h = self.attn(h.reshape(-1, ws * ws, dim), rope)[0]
             h = h.reshape(batch, height // ws, width // ws, ws, ws, dim).permute(0, 1, 3, 2, 4, 5)
         else:
-            h = self.attn(h.reshape(batch, height * width, dim), rope)
+            h = self.attn(h.reshape(batch, height * width, dim), rope)[0]
         x = x + h.reshape(batch, height, width, dim)
         return x + self.mlp(self.norm2(x))
 
@@ -173,7 +190,11 @@ class EagleEvaExpert(VisionExpertMixin, PreTrainedModel):
     base_model_prefix = "eva"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["EagleEvaBlock"]
+    _can_record_outputs = {"hidden_states": EagleEvaBlock, "attentions": EagleEvaAttention}
 
     def __init__(self, config: EagleEvaExpertConfig):
         super().__init__(config)

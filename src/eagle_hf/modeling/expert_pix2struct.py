@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from transformers.models.pix2struct.configuration_pix2struct import Pix2StructVisionConfig
-from transformers.models.pix2struct.modeling_pix2struct import Pix2StructVisionModel
+from transformers.models.pix2struct.modeling_pix2struct import (
+    Pix2StructVisionAttention,
+    Pix2StructVisionLayer,
+    Pix2StructVisionModel,
+)
 
 from .registry import VisionExpertMixin, register_expert
 
@@ -53,6 +57,8 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
     input_space = "pixels_255"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Which modules the mixture records for output_hidden_states / output_attentions.
+    _can_record_outputs = {"hidden_states": Pix2StructVisionLayer, "attentions": Pix2StructVisionAttention}
 
     def make_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """[B, C, H, W] pixels in 0..255 -> (flattened_patches [B, max_patches, 2 + C*p*p], mask, (rows, cols))."""

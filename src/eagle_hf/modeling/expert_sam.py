@@ -6,7 +6,12 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers.models.sam.configuration_sam import SamVisionConfig
-from transformers.models.sam.modeling_sam import SamVisionEncoder
+from transformers.models.sam.modeling_sam import (
+    SamVisionAttention,
+    SamVisionEncoder,
+    SamVisionLayer,
+    SamVisionSdpaAttention,
+)
 
 from .registry import VisionExpertMixin, register_expert
 
@@ -60,13 +65,30 @@ class EagleChannelsFirstLayerNorm(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+class EagleSamVisionAttention(SamVisionAttention):
+    """SAM's attention, choosing eager or SDPA when called: transformers' SAM picks the class once
+    at construction, so `set_attn_implementation` would not reach it."""
+
+    def __init__(self, config: EagleSamExpertConfig, window_size: int):
+        super().__init__(config, window_size)
+        self.config = config
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions=None):
+        if self.config._attn_implementation == "eager":
+            return SamVisionAttention.forward(self, hidden_states, output_attentions)
+        return SamVisionSdpaAttention.forward(self, hidden_states, output_attentions)
+
+
 @register_expert("sam", EagleSamExpertConfig, "SAM ViT image encoder (transformers SAM modules) + short neck")
 class EagleSamExpert(VisionExpertMixin, SamVisionEncoder):
     config: EagleSamExpertConfig
     _no_split_modules = ["SamVisionLayer"]
+    _can_record_outputs = {"hidden_states": SamVisionLayer, "attentions": EagleSamVisionAttention}
 
     def __init__(self, config: EagleSamExpertConfig):
         super().__init__(config)
+        for layer in self.layers:
+            layer.attn = EagleSamVisionAttention(config, layer.window_size)
         self.neck = EagleSamShortNeck(config)
         self.post_init()
 

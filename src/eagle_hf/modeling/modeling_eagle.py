@@ -20,11 +20,17 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
 )
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_eagle import EagleVLConfig
 from .modeling_mixture import EagleVisionOutput, EagleVisionTower
 
 IGNORE_INDEX = -100
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -95,14 +101,20 @@ class EaglePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
     # Buffers that are recomputed from the config when a checkpoint lacks them.
     _derived_buffers = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks weights of this model is an
-        error: transformers would only warn and leave e.g. a whole expert randomly initialised."""
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that lacks weights of the base model (an
+        expert, the projector, the LLM) is an error: transformers would only warn and leave e.g. a whole
+        expert randomly initialised. A missing head (`lm_head`, as when a saved `EagleVLModel` is loaded
+        into `EagleVLForConditionalGeneration`) is initialised and reported as transformers does.
+
+        With ``output_loading_info=True`` nothing is refused: the caller asked to inspect what was
+        loaded, and gets ``(model, info)`` exactly as from transformers (a warning names what is
+        missing)."""
         want_info = kwargs.pop("output_loading_info", False)
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         try:
@@ -113,13 +125,35 @@ class EaglePreTrainedModel(PreTrainedModel):
                 raise ValueError(f"{broken} is truncated or corrupt; download or copy it again") from err
             raise
         missing = sorted(k for k in info.get("missing_keys", ()) if not cls._derived_buffers.search(k))
-        if missing and not kwargs.get("ignore_mismatched_sizes"):
-            shown = ", ".join(missing[:12]) + (f" ... ({len(missing)} in all)" if len(missing) > 12 else "")
+        refused = [k for k in missing if cls._is_base_model_key(model, k)]
+        if refused and not want_info and not kwargs.get("ignore_mismatched_sizes"):
+            shown = ", ".join(refused[:12]) + (f" ... ({len(refused)} in all)" if len(refused) > 12 else "")
             raise ValueError(
-                f"{source} does not hold all weights of this EAGLE model (is it another expert mix or LLM?); "
-                f"missing: {shown}"
+                f"{source} does not hold all weights of this EAGLE model (is it another expert mix or LLM?): "
+                f"{_describe_missing(refused)} would be randomly initialised; missing: {shown}. "
+                "Pass output_loading_info=True to load anyway and inspect the loading info."
             )
+        if refused:
+            logger.warning(f"{source}: {_describe_missing(refused)} randomly initialised (weights missing)")
         return (model, info) if want_info else model
+
+    @classmethod
+    def _is_base_model_key(cls, model, key: str) -> bool:
+        # Head keys (lm_head) sit outside the base model's prefix; base-model classes have no head.
+        prefix = model.base_model_prefix
+        return not hasattr(model, prefix) or key.startswith(f"{prefix}.")
+
+
+def _describe_missing(keys: list[str]) -> str:
+    """'expert eva, multi_modal_projector' for missing weight names (with or without the `model.` prefix)."""
+    parts = []
+    for key in keys:
+        key = key.removeprefix("model.")
+        head = key.split(".")
+        part = f"expert {head[1]}" if head[0] == "vision_tower" and len(head) > 1 else head[0]
+        if part not in parts:
+            parts.append(part)
+    return ", ".join(parts)
 
 
 class EagleVLModel(EaglePreTrainedModel):
@@ -138,13 +172,20 @@ class EagleVLModel(EaglePreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, output_expert_features: bool = False,
-                           return_dict: bool = True, **kwargs) -> EagleImageFeaturesOutput:
-        vision: EagleVisionOutput = self.vision_tower(pixel_values, output_expert_features=output_expert_features)
+                           **kwargs: Unpack[TransformersKwargs]) -> tuple | EagleImageFeaturesOutput:
+        """Run the experts, fuse and project. ``pooler_output``: one [N, H] tensor per image.
+        ``output_hidden_states`` / ``output_attentions`` return each expert's, keyed by expert name
+        (see `EagleVisionOutput`)."""
+        vision: EagleVisionOutput = self.vision_tower(
+            pixel_values, output_expert_features=output_expert_features, return_dict=True, **kwargs
+        )
         fused = vision.last_hidden_state
         projected = self.multi_modal_projector(fused.to(self.multi_modal_projector_dtype))
         return EagleImageFeaturesOutput(
-            last_hidden_state=fused, pooler_output=list(projected), expert_features=vision.expert_features
+            last_hidden_state=fused, pooler_output=list(projected), hidden_states=vision.hidden_states,
+            attentions=vision.attentions, expert_features=vision.expert_features,
         )
 
     @property
@@ -174,12 +215,15 @@ class EagleVLModel(EaglePreTrainedModel):
 
     def embed_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
         # The image token may lie outside the LLM vocabulary (converted original checkpoints put it
-        # at vocab_size): look those positions up as id 0; they are overwritten by image features.
+        # at vocab_size): look those positions up as id 0; they are overwritten by image features
+        # (or, without images, stand for the placeholder as text).
         vocab = self.get_input_embeddings().num_embeddings
         if self.config.image_token_id >= vocab:
             input_ids = input_ids.masked_fill(input_ids == self.config.image_token_id, 0)
         return self.get_input_embeddings()(input_ids)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -189,10 +233,8 @@ class EagleVLModel(EaglePreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> EagleModelOutputWithPast:
-        if "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values")
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | EagleModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs and mm_encoder_outputs.get("image") is not None:
@@ -200,8 +242,9 @@ class EagleVLModel(EaglePreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_text(input_ids)
 
-        prefill = cache is None or cache.get_seq_length() == 0
-        if prefill and inputs_embeds.shape[1] > self.config.max_sequence_length:
+        # The length check runs eagerly only (under torch.compile it would be data-dependent branching).
+        if (not is_torchdynamo_compiling() and inputs_embeds.shape[1] > self.config.max_sequence_length
+                and (cache is None or cache.get_seq_length() == 0)):
             n_image = int((input_ids == self.config.image_token_id).sum(-1).max()) if input_ids is not None else 0
             raise ValueError(
                 f"the input is {inputs_embeds.shape[1]} tokens ({n_image} of them image tokens) but this model allows "
@@ -210,21 +253,29 @@ class EagleVLModel(EaglePreTrainedModel):
 
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if mm_encoder_outputs.get("image") is None and pixel_values is not None:
-            mm_encoder_outputs["image"] = self.get_image_features(pixel_values)
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, return_dict=True, **kwargs)
         image_outputs = mm_encoder_outputs.get("image")
+        if (image_outputs is not None and input_ids is not None and not is_torchdynamo_compiling()
+                and cache is not None and cache.get_seq_length() > 0
+                and not (input_ids == self.config.image_token_id).any()):
+            # Continuing from a cache that already holds the prompt (generate(..., cache=...) with the
+            # same inputs): the images belong to the cached placeholders, there is nothing to fill.
+            image_outputs = None
         if image_outputs is not None:
             features = torch.cat(list(image_outputs.pooler_output), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, features)
             inputs_embeds = inputs_embeds.masked_scatter(mask, features)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
-            # Cached decoding steps never contain image tokens; a prompt that does needs its images.
-            if prefill:
-                n = int((input_ids == self.config.image_token_id).sum())
-                raise ValueError(f"the text holds {n} image tokens but no images (pixel_values) were given")
+        elif input_ids is not None and not is_torchdynamo_compiling() and (input_ids == self.config.image_token_id).any():
+            # As in transformers' VLMs, placeholders without images are embedded as ordinary text: an
+            # assistant (draft) model in assisted generation sees the prompt without its images.
+            logger.warning_once(
+                "the input holds image tokens but no images (pixel_values); they are embedded as text. "
+                "Pass pixel_values (or mm_encoder_outputs) for the model to see the images."
+            )
 
         outputs = self.language_model(
             attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-            inputs_embeds=inputs_embeds, **kwargs,
+            inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
         return EagleModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
@@ -237,6 +288,7 @@ class EagleVLModel(EaglePreTrainedModel):
 
 class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: EagleVLConfig):
         super().__init__(config)
@@ -263,9 +315,12 @@ class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
     def vision_tower(self) -> EagleVisionTower:
         return self.model.vision_tower
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> EagleImageFeaturesOutput:
+    def get_image_features(self, pixel_values: torch.Tensor,
+                           **kwargs: Unpack[TransformersKwargs]) -> tuple | EagleImageFeaturesOutput:
         return self.model.get_image_features(pixel_values=pixel_values, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -277,12 +332,12 @@ class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
-    ) -> EagleCausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | EagleCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
-            mm_encoder_outputs=mm_encoder_outputs, **kwargs,
+            mm_encoder_outputs=mm_encoder_outputs, return_dict=True, **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_eagle import EagleVisionConfig
 from .registry import get_expert
@@ -15,9 +17,57 @@ from .registry import get_expert
 @dataclass
 class EagleVisionOutput(BaseModelOutputWithPooling):
     """``last_hidden_state``: fused features [B, grid**2, sum(channels)] in ``expert_order``;
-    ``expert_features``: each expert's block of it, keyed by expert name (when asked for)."""
+    ``expert_features``: each expert's block of it, keyed by expert name (when asked for).
+
+    ``hidden_states`` (``output_hidden_states=True``) and ``attentions`` (``output_attentions=True``)
+    are dicts keyed by expert name, in ``expert_order``, each holding a tuple in that expert's own
+    layout: hidden states are the input of its first recorded layer followed by every layer's output
+    (CLIP/Pix2Struct [B, N, C], SAM/EVA [B, h, w, C], ConvNeXt [B, C, h, w] per stage); attentions are
+    each attention layer's weights [B*windows, heads, N, N] (an expert without attention layers, ConvNeXt,
+    has an empty tuple). As in transformers, attention weights exist only where the attention
+    implementation computes them (``eager``); others give ``None`` entries."""
 
     expert_features: dict[str, torch.Tensor] | None = None
+    hidden_states: dict[str, tuple[torch.Tensor, ...]] | None = None
+    attentions: dict[str, tuple[torch.Tensor | None, ...]] | None = None
+
+
+def _recorder_specs(expert: torch.nn.Module, key: str) -> list[tuple[type, int]]:
+    """(module class, output index) pairs an expert declares in transformers' `_can_record_outputs`."""
+    specs = (getattr(type(expert), "_can_record_outputs", None) or {}).get(key) or []
+    specs = specs if isinstance(specs, list) else [specs]
+    default_index = 0 if key == "hidden_states" else 1
+    return [(s.target_class, s.index) if isinstance(s, OutputRecorder) else (s, default_index) for s in specs]
+
+
+class _ExpertRecorder:
+    """Records one expert's layer outputs through forward hooks while it runs (the experts' own
+    `_can_record_outputs` declare which modules; transformers' capture only works per model, and
+    the mixture needs one record per expert)."""
+
+    def __init__(self, expert: torch.nn.Module, keys: list[str]):
+        self.records = {key: [] for key in keys}
+        self.handles = []
+        for key in keys:
+            for cls, index in _recorder_specs(expert, key):
+                for module in expert.modules():
+                    if isinstance(module, cls):
+                        self.handles.append(module.register_forward_hook(self._hook(key, index)))
+
+    def _hook(self, key, index):
+        def hook(module, args, output):
+            record = self.records[key]
+            if key == "hidden_states" and not record and args:
+                record.append(args[0])
+            record.append(output[index] if isinstance(output, (tuple, list)) else output)
+        return hook
+
+    def __enter__(self):
+        return self.records
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
 
 
 def resize_bilinear(x: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -95,16 +145,29 @@ class EagleVisionTower(PreTrainedModel):
             inputs[name] = cache[key]
         return inputs
 
-    def forward(self, pixel_values: torch.Tensor, output_expert_features: bool = False, return_dict: bool = True,
-                **kwargs) -> EagleVisionOutput:
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, output_expert_features: bool = False,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                **kwargs) -> tuple | EagleVisionOutput:
+        """Other keyword arguments (the LLM's, passed along by the composite model) are ignored."""
         self.check_pixel_values(pixel_values)
         pixel_values = pixel_values.to(self.dtype)
         grid = self.config.grid_size
-        blocks = {}
+        wanted = {"hidden_states": output_hidden_states, "attentions": output_attentions}
+        keys = [key for key, flag in wanted.items()
+                if (flag if flag is not None else getattr(self.config, f"output_{key}", False))]
+        blocks, recorded = {}, {key: {} for key in keys}
         for name, x in self.expert_inputs(pixel_values).items():
-            feature_map = self.experts[name](x)
+            if keys:
+                with _ExpertRecorder(self.experts[name], keys) as records:
+                    feature_map = self.experts[name](x)
+                for key in keys:
+                    recorded[key][name] = tuple(records[key])
+            else:
+                feature_map = self.experts[name](x)
             if feature_map.shape[-2:] != (grid, grid):
                 feature_map = resize_bilinear(feature_map, grid, pixel_values.dtype)
             blocks[name] = feature_map.flatten(2).transpose(1, 2).to(pixel_values.dtype)
         fused = torch.cat(list(blocks.values()), dim=-1)
-        return EagleVisionOutput(last_hidden_state=fused, expert_features=blocks if output_expert_features else None)
+        return EagleVisionOutput(last_hidden_state=fused, expert_features=blocks if output_expert_features else None,
+                                 hidden_states=recorded.get("hidden_states"), attentions=recorded.get("attentions"))
