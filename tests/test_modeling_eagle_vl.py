@@ -130,6 +130,63 @@ class TestEagleVLModel:
         text = model.get_input_embeddings()(inputs["input_ids"])
         assert torch.equal(out.hidden_states[0][~image_rows], text[~image_rows])
 
+    def test_image_features_hold_every_experts_hidden_states(self, model_and_inputs):
+        model, config, inputs = model_and_inputs
+        tower = model.model.vision_tower
+        with torch.no_grad():
+            out = model.get_image_features(inputs["pixel_values"], output_hidden_states=True)
+            inputs_of = tower.expert_inputs(inputs["pixel_values"])
+            maps = {name: tower.experts[name](x) for name, x in inputs_of.items()}
+        order = config.vision_config.expert_order
+        assert list(out.hidden_states) == order
+        batch = inputs["pixel_values"].shape[0]
+        layers = {"clip": config.vision_config.clip_config.num_layers_used,
+                  "convnext": len(config.vision_config.convnext_config.dims),
+                  "sam": config.vision_config.sam_config.num_hidden_layers,
+                  "pix2struct": config.vision_config.pix2struct_config.num_hidden_layers,
+                  "eva": config.vision_config.eva_config.num_hidden_layers}
+        for name in order:
+            states = out.hidden_states[name]
+            assert len(states) == layers[name] + 1, name
+            assert all(h.shape[0] == batch for h in states), name
+        # The last recorded state is what each expert hands to the mixture (before the shared resampling).
+        assert torch.equal(out.hidden_states["convnext"][-1], maps["convnext"])
+        assert torch.equal(out.hidden_states["eva"][-1].permute(0, 3, 1, 2), maps["eva"])
+        clip = out.hidden_states["clip"][-1]  # tiny CLIP: last layer, class token dropped, no post-norm
+        assert torch.equal(clip.transpose(1, 2).reshape(maps["clip"].shape), maps["clip"])
+        # ... and the first is that expert's embedding output, not the pixels: it differs between experts.
+        assert out.hidden_states["sam"][0].shape[-1] == config.vision_config.sam_config.hidden_size
+        # A plain forward passes the flags to the vision tower as well.
+        with torch.no_grad():
+            full = model(**inputs, output_hidden_states=True)
+        assert list(full.image_outputs.hidden_states) == order
+        assert torch.equal(full.image_outputs.hidden_states["eva"][-1], out.hidden_states["eva"][-1])
+        assert out.attentions is None
+
+    def test_set_attn_implementation_switches_every_expert_at_run_time(self, tester):
+        config, inputs = tester.prepare_config_and_inputs_for_common()
+        model = tester.create_model(config=config)
+        pixel_values = inputs["pixel_values"]
+        attention_experts = ["clip", "sam", "pix2struct", "eva"]
+        results = {}
+        for impl in ("eager", "sdpa", "eager"):
+            model.set_attn_implementation(impl)
+            with torch.no_grad():
+                out = model.get_image_features(pixel_values, output_attentions=True)
+            results[impl] = out
+            assert out.attentions["convnext"] == ()
+            for name in attention_experts:
+                weights = out.attentions[name]
+                assert len(weights) > 0, name
+                if impl == "eager":  # weights are returned, and they are softmax rows
+                    for w in weights:
+                        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), rtol=1e-5, atol=1e-5)
+                else:  # SDPA computes no weights: the switch really reached the expert's kernel
+                    assert all(w is None for w in weights), name
+        torch.testing.assert_close(results["sdpa"].last_hidden_state, results["eager"].last_hidden_state,
+                                   rtol=1e-4, atol=1e-5)
+        assert model.model.vision_tower.eva.config._attn_implementation == "eager"
+
     def test_image_placeholders_without_images_are_embedded_as_text_with_one_warning(self, model_and_inputs, caplog):
         model, config, inputs = model_and_inputs
         text_only = {k: v for k, v in inputs.items() if k != "pixel_values"}
@@ -369,6 +426,33 @@ class TestEagleVLGeneration:
         more = {"pixel_values": inputs["pixel_values"]} if with_images else {}
         second = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.cache, **more, **half)
         assert torch.equal(second, full)
+
+    @pytest.mark.slow
+    def test_static_cache_decoding_under_torch_compile_fullgraph_equals_eager(self, model_and_inputs):
+        """Slow (about 2 min of compilation on 2 CPU cores). The decode step compiles as one graph."""
+        model, config, inputs = model_and_inputs
+        assert model._can_compile_fullgraph
+        prompt, steps = inputs["input_ids"].shape[1], 4
+
+        def decode(forward):
+            cache = StaticCache(config=config, max_cache_len=prompt + steps)
+            with torch.no_grad():
+                token = model(**inputs, cache=cache).logits[:, -1:].argmax(-1)
+                tokens, mask = [token], inputs["attention_mask"]
+                for _ in range(steps - 1):
+                    mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+                    out = forward(input_ids=token, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                                  cache=cache)
+                    token = out.logits[:, -1:].argmax(-1)
+                    tokens.append(token)
+            return torch.cat(tokens, dim=1)
+
+        eager = decode(model.forward)
+        assert torch.equal(eager, model.generate(**inputs, **dict(GREEDY, max_new_tokens=steps, min_new_tokens=steps))
+                           [:, prompt:])
+        torch._dynamo.reset()
+        compiled = decode(torch.compile(model.forward, fullgraph=True))
+        assert torch.equal(compiled, eager)
 
     def test_static_cache_equals_dynamic_cache(self, model_and_inputs):
         model, _, inputs = model_and_inputs
