@@ -31,12 +31,20 @@ def _register() -> None:
     AutoModelForImageTextToText.register(EagleVLConfig, EagleVLForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(EagleLlamaConfig, EagleLlamaForConditionalGeneration, exist_ok=True)
     try:
-        from .processing import EagleImageProcessor, EagleProcessor
+        from .processing import EagleImageProcessor, EagleImageProcessorTorchvision, EagleProcessor
     except ImportError:  # processing is optional only while it is being built
         return
+    backends = {"pil": EagleImageProcessor, "torchvision": EagleImageProcessorTorchvision}
     for cfg in (EagleVLConfig, EagleLlamaConfig):
         AutoProcessor.register(cfg, EagleProcessor, exist_ok=True)
-        AutoImageProcessor.register(cfg, image_processor_classes={"pil": EagleImageProcessor}, exist_ok=True)
+        AutoImageProcessor.register(cfg, image_processor_classes=backends, exist_ok=True)
+    # transformers picks the torchvision backend when none is asked for; EAGLE keeps PIL as the default
+    # because PIL's uint8 bicubic resize is what reproduces the original preprocessing bit for bit.
+    from transformers.models.auto import image_processing_auto
+
+    pil_first = getattr(image_processing_auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
+    if isinstance(pil_first, list) and EagleImageProcessor.__name__ not in pil_first:
+        pil_first.append(EagleImageProcessor.__name__)
 
 
 _register()

@@ -15,14 +15,22 @@ from .chat_templates import (
     render,
     render_with_spans,
 )
-from .image_processing_eagle import EagleImageProcessor, EagleImageProcessorKwargs, flatten_images, load_image_rgb
-from .processing_eagle import IGNORE_INDEX, EagleProcessor
+from .image_processing_eagle import (
+    EagleImageProcessor,
+    EagleImageProcessorKwargs,
+    EagleImageProcessorTorchvision,
+    flatten_images,
+    load_image_rgb,
+)
+from .processing_eagle import IGNORE_INDEX, EagleProcessor, EagleProcessorKwargs
 
 
 __all__ = [
     "EagleImageProcessor",
     "EagleImageProcessorKwargs",
+    "EagleImageProcessorTorchvision",
     "EagleProcessor",
+    "EagleProcessorKwargs",
     "IGNORE_INDEX",
     "ConversationTemplate",
     "TEMPLATES",

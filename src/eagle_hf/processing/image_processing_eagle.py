@@ -12,8 +12,11 @@ The original (``eagle/mm_utils.py`` ``process_images`` with ``image_aspect_ratio
 5. normalise ``(x - mean) / std`` in float32.
 
 Resizing is done by PIL on uint8 data because that is what the original did; a float or torchvision
-resize differs by one grey level at some pixels, which moves CLIP features noticeably. That is why this
-processor derives from the PIL backend (``PilBackend``).
+resize differs by one grey level at some pixels, which moves CLIP features noticeably. That is why the
+default processor, `EagleImageProcessor`, derives from the PIL backend (``PilBackend``), which
+transformers' convention names ``...Pil``: here the PIL class keeps the plain name because it is the
+default for exact parity. `EagleImageProcessorTorchvision` (``TorchvisionBackend``) runs the same steps
+on tensors (optionally on a GPU, batched per image shape), within one uint8 level of the PIL one.
 
 Input conversion rules (every input ends up as an 8-bit RGB ``PIL.Image`` before step 1):
 
@@ -45,9 +48,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import center_crop as _center_crop
+from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -63,7 +67,8 @@ except ImportError:  # torch is optional for the image processor itself
     torch = None
 
 
-__all__ = ["EagleImageProcessor", "EagleImageProcessorKwargs", "flatten_images", "load_image_rgb"]
+__all__ = ["EagleImageProcessor", "EagleImageProcessorTorchvision", "EagleImageProcessorKwargs", "flatten_images",
+           "load_image_rgb"]
 
 MIN_IMAGE_SIDE = 2
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -257,19 +262,9 @@ def _channels_first_hint(input_data_format: Any) -> bool | None:
 # Image processor
 
 
-class EagleImageProcessor(PilBackend):
-    r"""EAGLE image processor: pad to square, PIL-bicubic shortest-edge resize, centre crop, rescale,
-    CLIP normalisation — numerically identical to the original ``process_images`` (see module docstring).
-
-    Args:
-        pad_to_square (`bool`, defaults to `True`):
-            Paste the image centred on a square canvas of the mean colour first (``image_aspect_ratio="pad"``).
-        size (`int` or `dict`, defaults to `{"shortest_edge": 1024}`):
-            Target of the resize. An int means the shortest edge; when `crop_size` is not given it follows `size`.
-        crop_size (`dict`, defaults to `{"height": 1024, "width": 1024}`)
-        image_mean / image_std (defaults to the OpenAI CLIP values)
-        resample (defaults to `PILImageResampling.BICUBIC`)
-    """
+class EagleImageProcessingMixin:
+    """What both backends share: the defaults, the keyword rules, input conversion (every input becomes
+    an 8-bit RGB PIL image, see the module docstring) and the exact rescale/normalise value table."""
 
     valid_kwargs = EagleImageProcessorKwargs
     model_input_names = ["pixel_values"]
@@ -330,17 +325,10 @@ class EagleImageProcessor(PilBackend):
         rgb_images = [load_image_rgb(image, channels_first=hint) for image in flatten_images(images)]
         if not rgb_images:
             raise ValueError("no images were given to the image processor")
-        return self._preprocess(rgb_images, *args, **kwargs)
+        return self._preprocess(self._from_rgb(rgb_images, kwargs.get("device")), *args, **kwargs)
 
-    def expand_to_square(self, image: Image.Image, background: tuple[int, ...]) -> Image.Image:
-        """The original ``expand2square``: centred paste on a square canvas of ``background`` colour."""
-        width, height = image.size
-        if width == height:
-            return image
-        side = max(width, height)
-        canvas = Image.new(image.mode, (side, side), background)
-        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-        return canvas
+    def _from_rgb(self, images: list[Image.Image], device: Any = None) -> list[Any]:
+        return images
 
     @staticmethod
     def _resize_target(width: int, height: int, size: SizeDict) -> tuple[int, int]:
@@ -357,6 +345,69 @@ class EagleImageProcessor(PilBackend):
     def _background(image_mean: float | Iterable[float]) -> tuple[int, int, int]:
         mean = [image_mean] * 3 if isinstance(image_mean, (int, float)) else list(image_mean)
         return tuple(int(m * 255) for m in mean)
+
+    def square_uint8(self, image: Any, **kwargs: Unpack[EagleImageProcessorKwargs]) -> np.ndarray:
+        """The padded, resized and cropped uint8 ``(H, W, 3)`` image, i.e. everything before rescaling.
+
+        Useful to compare with the original's ``<case>.preprocessed.png`` exactly.
+        """
+        kwargs = self._crop_follows_size(kwargs)
+        opts = {name: kwargs.get(name, getattr(self, name, None)) for name in self._valid_kwargs_names}
+        opts = self._standardize_kwargs(**opts)
+        hint = _channels_first_hint(opts.get("input_data_format"))
+        (converted,) = self._from_rgb([load_image_rgb(image, channels_first=hint)])
+        square = self._square_uint8(
+            converted,
+            pad_to_square=bool(opts["pad_to_square"]),
+            do_resize=bool(opts["do_resize"]),
+            size=opts["size"],
+            resample=opts["resample"],
+            do_center_crop=bool(opts["do_center_crop"]),
+            crop_size=opts["crop_size"],
+            image_mean=opts["image_mean"],
+        )
+        return square if isinstance(square, np.ndarray) else square.permute(1, 2, 0).cpu().numpy()
+
+    @staticmethod
+    def _value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std) -> np.ndarray:
+        """[3, 256] float32: the rescaled and normalised value of every (channel, uint8 value)."""
+        values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, 0)
+        if do_rescale:
+            # Same arithmetic as the original: the product in float64, then cast to float32.
+            table = (values.astype(np.float64) * rescale_factor).astype(np.float32)
+        else:
+            table = values.astype(np.float32)
+        if do_normalize:
+            mean = np.broadcast_to(np.asarray(image_mean, dtype=np.float32).reshape(-1, 1), (3, 1))
+            std = np.broadcast_to(np.asarray(image_std, dtype=np.float32).reshape(-1, 1), (3, 1))
+            table = (table - mean) / std
+        return np.ascontiguousarray(table, dtype=np.float32)
+
+
+class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
+    r"""EAGLE image processor (PIL backend, the default): pad to square, PIL-bicubic shortest-edge resize,
+    centre crop, rescale, CLIP normalisation — numerically identical to the original ``process_images``
+    (see module docstring). `EagleImageProcessorTorchvision` is the torchvision backend.
+
+    Args:
+        pad_to_square (`bool`, defaults to `True`):
+            Paste the image centred on a square canvas of the mean colour first (``image_aspect_ratio="pad"``).
+        size (`int` or `dict`, defaults to `{"shortest_edge": 1024}`):
+            Target of the resize. An int means the shortest edge; when `crop_size` is not given it follows `size`.
+        crop_size (`dict`, defaults to `{"height": 1024, "width": 1024}`)
+        image_mean / image_std (defaults to the OpenAI CLIP values)
+        resample (defaults to `PILImageResampling.BICUBIC`)
+    """
+
+    def expand_to_square(self, image: Image.Image, background: tuple[int, ...]) -> Image.Image:
+        """The original ``expand2square``: centred paste on a square canvas of ``background`` colour."""
+        width, height = image.size
+        if width == height:
+            return image
+        side = max(width, height)
+        canvas = Image.new(image.mode, (side, side), background)
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        return canvas
 
     def _square_uint8(
         self,
@@ -385,40 +436,6 @@ class EagleImageProcessor(PilBackend):
             )
             array = chw.transpose(1, 2, 0)
         return np.ascontiguousarray(array, dtype=np.uint8)
-
-    def square_uint8(self, image: Any, **kwargs: Unpack[EagleImageProcessorKwargs]) -> np.ndarray:
-        """The padded, resized and cropped uint8 ``(H, W, 3)`` image, i.e. everything before rescaling.
-
-        Useful to compare with the original's ``<case>.preprocessed.png`` exactly.
-        """
-        kwargs = self._crop_follows_size(kwargs)
-        opts = {name: kwargs.get(name, getattr(self, name, None)) for name in self._valid_kwargs_names}
-        opts = self._standardize_kwargs(**opts)
-        hint = _channels_first_hint(opts.get("input_data_format"))
-        return self._square_uint8(
-            load_image_rgb(image, channels_first=hint),
-            pad_to_square=bool(opts["pad_to_square"]),
-            do_resize=bool(opts["do_resize"]),
-            size=opts["size"],
-            resample=opts["resample"],
-            do_center_crop=bool(opts["do_center_crop"]),
-            crop_size=opts["crop_size"],
-            image_mean=opts["image_mean"],
-        )
-
-    @staticmethod
-    def _value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std) -> np.ndarray:
-        values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, 0)
-        if do_rescale:
-            # Same arithmetic as the original: the product in float64, then cast to float32.
-            table = (values.astype(np.float64) * rescale_factor).astype(np.float32)
-        else:
-            table = values.astype(np.float32)
-        if do_normalize:
-            mean = np.broadcast_to(np.asarray(image_mean, dtype=np.float32).reshape(-1, 1), (3, 1))
-            std = np.broadcast_to(np.asarray(image_std, dtype=np.float32).reshape(-1, 1), (3, 1))
-            table = (table - mean) / std
-        return np.ascontiguousarray(table, dtype=np.float32)
 
     def _preprocess(
         self,
@@ -463,4 +480,88 @@ class EagleImageProcessor(PilBackend):
 
         if return_tensors is not None and len({p.shape for p in processed}) == 1:
             processed = np.stack(processed)
+        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+
+
+class EagleImageProcessorTorchvision(EagleImageProcessingMixin, TorchvisionBackend):
+    r"""EAGLE image processor on the torchvision backend (tensors, optionally on ``device=``, images of
+    one shape resized as a batch). Same steps and keywords as `EagleImageProcessor`; torchvision's
+    antialiased bicubic resize on uint8 differs from PIL's by at most one grey level at some pixels,
+    and the rescale/normalise values are the same table, so ``pixel_values`` differ only there (by one
+    level / std). `AutoImageProcessor` keeps the PIL backend by default, for exact parity with the
+    original; ask for this one with ``backend="torchvision"``.
+    """
+
+    def _from_rgb(self, images: list[Image.Image], device: Any = None) -> list[torch.Tensor]:
+        tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in images]
+        return [t.to(device) for t in tensors] if device is not None else tensors
+
+    @staticmethod
+    def expand_to_square(image: torch.Tensor, background: tuple[int, ...]) -> torch.Tensor:
+        """The original ``expand2square`` on a ``[3, H, W]`` uint8 tensor."""
+        height, width = image.shape[-2:]
+        if width == height:
+            return image
+        side = max(width, height)
+        canvas = torch.tensor(background, dtype=image.dtype, device=image.device)[:, None, None].repeat(1, side, side)
+        top, left = (side - height) // 2, (side - width) // 2
+        canvas[:, top:top + height, left:left + width] = image
+        return canvas
+
+    def _square_uint8_batch(self, images: list[torch.Tensor], pad_to_square: bool, do_resize: bool, size: SizeDict,
+                            resample: Any, do_center_crop: bool, crop_size: SizeDict, image_mean: Any,
+                            disable_grouping: bool | None = None) -> list[torch.Tensor]:
+        if pad_to_square:
+            background = self._background(image_mean)
+            images = [self.expand_to_square(image, background) for image in images]
+        grouped, index = group_images_by_shape(images, disable_grouping=disable_grouping)
+        done = {}
+        for shape, stacked in grouped.items():
+            if do_resize:
+                height, width = self._resize_target(stacked.shape[-1], stacked.shape[-2], size)
+                if (height, width) != tuple(stacked.shape[-2:]):
+                    stacked = self.resize(stacked, SizeDict(height=height, width=width), resample=resample)
+            if do_center_crop:
+                stacked = self.center_crop(stacked, crop_size)
+            done[shape] = stacked
+        return reorder_images(done, index)
+
+    def _square_uint8(self, image: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._square_uint8_batch([image], **kwargs)[0]
+
+    def _preprocess(
+        self,
+        images: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample: Any,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | Iterable[float] | None,
+        image_std: float | Iterable[float] | None,
+        pad_to_square: bool | None = None,
+        return_tensors: Any = None,
+        data_format: Any = ChannelDimension.FIRST,
+        disable_grouping: bool | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        squares = self._square_uint8_batch(
+            images, pad_to_square=bool(pad_to_square), do_resize=do_resize, size=size, resample=resample,
+            do_center_crop=do_center_crop, crop_size=crop_size, image_mean=image_mean,
+            disable_grouping=disable_grouping,
+        )
+        table = self._value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+        processed = []
+        for square in squares:
+            values = torch.from_numpy(table).to(square.device)
+            # The same per-(channel, uint8 value) table as the PIL backend: equal uint8 gives equal floats.
+            pixels = values.gather(1, square.flatten(1).long()).view(square.shape)
+            if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
+                pixels = pixels.permute(1, 2, 0)
+            processed.append(pixels.contiguous())
+        if return_tensors is not None and len({tuple(p.shape) for p in processed}) == 1:
+            processed = torch.stack(processed)
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)

@@ -14,30 +14,44 @@ Image positions are replaced by features before any embedding lookup, so the emb
 need a row for it.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from tokenizers import AddedToken
 
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 from transformers.utils import logging
 
 from .chat_templates import get_template, jinja_chat_template
-from .image_processing_eagle import EagleImageProcessor, flatten_images
+from .image_processing_eagle import (
+    EagleImageProcessor,
+    EagleImageProcessorKwargs,
+    EagleImageProcessorTorchvision,
+    flatten_images,
+)
 
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["EagleProcessor", "IGNORE_INDEX"]
+__all__ = ["EagleProcessor", "EagleProcessorKwargs", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 
-# Keyword arguments that callers in transformers (apply_chat_template, pipelines) may pass and that have
-# no effect here: offsets are always reported in coordinates of the text as given.
-_IGNORED_KWARGS = {"return_text_replacement_offsets", "return_token_type_ids", "return_attention_mask", "verbose",
-                   "return_length"}
+# Text keywords of transformers' `TextKwargs` that have no effect here (offsets are always reported in
+# coordinates of the text as given; attention masks are always returned).
+_IGNORED_TEXT_KWARGS = {"return_text_replacement_offsets", "return_token_type_ids", "return_attention_mask",
+                        "verbose", "return_length", "return_overflowing_tokens", "return_special_tokens_mask",
+                        "stride", "is_split_into_words", "text_pair", "text_target", "text_pair_target"}
+
+
+class EagleProcessorKwargs(ProcessingKwargs, total=False):
+    """Processor keywords, routed by transformers' `ProcessorMixin._merge_kwargs`: flat keywords go to
+    the modality that accepts them, ``text_kwargs`` / ``images_kwargs`` dicts are the explicit form,
+    a keyword given both ways is refused, and the tokenizer's saved init keywords are the defaults."""
+
+    images_kwargs: EagleImageProcessorKwargs
 
 
 def _truncation_enabled(truncation: Any) -> bool:
@@ -124,17 +138,13 @@ class EagleProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
+    valid_processor_kwargs = EagleProcessorKwargs
+
     def __call__(
         self,
-        images=None,
-        text=None,
-        padding=False,
-        truncation=None,
-        max_length=None,
-        return_tensors=None,
-        padding_side=None,
-        add_special_tokens=True,
-        **kwargs,
+        images: ImageInput | None = None,
+        text: TextInput | PreTokenizedInput | list[TextInput] | list[PreTokenizedInput] | None = None,
+        **kwargs: Unpack[EagleProcessorKwargs],
     ) -> BatchFeature:
         r"""Tokenise ``text`` like the original ``tokenizer_image_token`` and preprocess ``images``.
 
@@ -142,49 +152,49 @@ class EagleProcessor(ProcessorMixin):
             images: one image, a flat list (assigned to the placeholders in reading order across the batch),
                 or a nested list with one list of images per text.
             text (`str` or `list[str]`): prompts containing one ``image_token`` per image.
+
+        Keyword arguments (`EagleProcessorKwargs`, flat or as ``text_kwargs=`` / ``images_kwargs=``; a keyword
+        given both ways is a ``ValueError``; the tokenizer's saved init keywords, e.g. ``padding="max_length"``,
+        are the defaults):
             padding (`bool` or `str`): `True`/`"longest"` or `"max_length"`; uses the tokenizer's pad token.
             truncation (`bool`), max_length (`int`): see the class docstring for the rule.
-            return_tensors (`"pt"` or `"np"`), padding_side (`"left"` / `"right"`, defaults to the tokenizer's).
+            return_tensors (`"pt"` or `"np"`), padding_side (`"left"` / `"right"`, defaults to the tokenizer's),
+            pad_to_multiple_of (`int`).
             add_special_tokens (`bool`): passed to the tokenizer for every chunk, as the original did.
             return_offsets_mapping (`bool`): also return per-token ``(start, end)`` character offsets in the
                 given text (image tokens point at their placeholder, added special tokens are ``(0, 0)``).
             return_mm_token_type_ids (`bool`): also return ``mm_token_type_ids`` (1 at image tokens).
-            images_kwargs (`dict`) or image processor keywords (`pad_to_square`, `size`, ...): passed on.
+            image processor keywords (`pad_to_square`, `size`, ...): passed to the image processor.
 
         Returns:
             `BatchFeature` with ``input_ids``, ``attention_mask`` (when text is given) and ``pixel_values``
             (when images are given).
         """
-        images_kwargs = dict(kwargs.pop("images_kwargs", None) or {})
-        text_kwargs = dict(kwargs.pop("text_kwargs", None) or {})
-        # Nested `text_kwargs` (the transformers processor convention) may carry the named arguments too.
-        padding = text_kwargs.pop("padding", padding)
-        truncation = text_kwargs.pop("truncation", truncation)
-        max_length = text_kwargs.pop("max_length", max_length)
-        return_tensors = text_kwargs.pop("return_tensors", return_tensors)
-        padding_side = text_kwargs.pop("padding_side", padding_side)
-        add_special_tokens = text_kwargs.pop("add_special_tokens", add_special_tokens)
-        kwargs = {**text_kwargs, **kwargs}
-        if self._chat_add_special_tokens is not None:
-            add_special_tokens = self._chat_add_special_tokens
         for modality in ("videos", "audio", "audios"):
             # Harnesses (lmms-eval, pipelines) pass empty lists for modalities they do not use.
             value = kwargs.pop(modality, None)
             if value is not None and not (isinstance(value, (list, tuple)) and not any(value)):
                 raise ValueError(f"EAGLE models take images and text only; got {modality}")
-        if kwargs.pop("sanitize_control_tokens", False):
+        merged = self._merge_kwargs(EagleProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        padding = text_kwargs.pop("padding", False)
+        truncation = text_kwargs.pop("truncation", None)
+        max_length = text_kwargs.pop("max_length", None)
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        padding_side = text_kwargs.pop("padding_side", None)
+        add_special_tokens = text_kwargs.pop("add_special_tokens", True)
+        if self._chat_add_special_tokens is not None:
+            add_special_tokens = self._chat_add_special_tokens
+        if text_kwargs.pop("sanitize_control_tokens", False):
             raise ValueError("EagleProcessor does not support sanitize_control_tokens")
-        return_offsets = bool(kwargs.pop("return_offsets_mapping", False))
-        return_mm_types = bool(kwargs.pop("return_mm_token_type_ids", False))
-        pad_to_multiple_of = kwargs.pop("pad_to_multiple_of", None)
-        image_kwarg_names = set(getattr(self.image_processor.valid_kwargs, "__annotations__", {}))
-        for name in list(kwargs):
-            if name in image_kwarg_names:
-                images_kwargs[name] = kwargs.pop(name)
-            elif name in _IGNORED_KWARGS:
-                kwargs.pop(name)
-        if kwargs:
-            logger.warning_once(f"EagleProcessor ignores the keyword arguments {sorted(kwargs)}")
+        return_offsets = bool(text_kwargs.pop("return_offsets_mapping", False))
+        return_mm_types = bool(merged.get("return_mm_token_type_ids") or text_kwargs.pop("return_mm_token_type_ids",
+                                                                                           False))
+        pad_to_multiple_of = text_kwargs.pop("pad_to_multiple_of", None)
+        for name in _IGNORED_TEXT_KWARGS:
+            text_kwargs.pop(name, None)
+        if text_kwargs:
+            logger.warning_once(f"EagleProcessor ignores the text keyword arguments {sorted(text_kwargs)}")
 
         if text is None and images is None:
             raise ValueError("EagleProcessor needs `text`, `images` or both")
@@ -198,7 +208,7 @@ class EagleProcessor(ProcessorMixin):
         flat_images = self._match_images(texts, images)
 
         if flat_images:
-            images_kwargs.setdefault("return_tensors", return_tensors)
+            images_kwargs["return_tensors"] = images_kwargs.get("return_tensors", return_tensors)
             data.update(self.image_processor(flat_images, **images_kwargs))
 
         if texts is not None:
@@ -311,16 +321,24 @@ class EagleProcessor(ProcessorMixin):
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # The base class resolves the image processor through AutoImageProcessor, which only knows this
-        # class after registration; load it directly so that the class works on its own as well.
+        # The base class resolves the image processor through AutoImageProcessor, which only knows these
+        # classes after registration; load them directly so that the class works on its own as well.
+        # ``backend="pil"`` / ``"torchvision"`` picks the image-processor backend (default: the saved one).
         image_config = (processor_dict or {}).get("image_processor")
         saved_type = image_config.get("image_processor_type") if isinstance(image_config, dict) else None
-        if saved_type not in (None, EagleImageProcessor.__name__):
+        backends = {"pil": EagleImageProcessor, "torchvision": EagleImageProcessorTorchvision}
+        if saved_type not in (None, *(c.__name__ for c in backends.values())):
             return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
         from transformers import AutoTokenizer
 
+        backend = kwargs.pop("backend", None)
+        if backend is not None and backend not in backends:
+            raise ValueError(f"backend must be one of {sorted(backends)}, got {backend!r}")
+        image_class = backends[backend] if backend else (
+            EagleImageProcessorTorchvision if saved_type == EagleImageProcessorTorchvision.__name__
+            else EagleImageProcessor)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        image_processor = EagleImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        image_processor = image_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [image_processor, tokenizer]
 
     # ------------------------------------------------------------------------------------------------
