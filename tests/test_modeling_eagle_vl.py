@@ -454,6 +454,29 @@ class TestEagleVLGeneration:
         compiled = decode(torch.compile(model.forward, fullgraph=True))
         assert torch.equal(compiled, eager)
 
+    def test_generate_returns_per_step_scores_attentions_and_hidden_states(self, tester):
+        config, inputs = tester.prepare_config_and_inputs_for_common()
+        model = tester.create_model(config=config)
+        model.set_attn_implementation("eager")
+        out = model.generate(**inputs, **GREEDY, return_dict_in_generate=True, output_scores=True,
+                             output_attentions=True, output_hidden_states=True)
+        steps, prompt = GREEDY["max_new_tokens"], inputs["input_ids"].shape[1]
+        assert len(out.scores) == len(out.attentions) == len(out.hidden_states) == steps
+        layers = config.text_config.num_hidden_layers
+        assert len(out.attentions[0]) == layers and out.attentions[0][0].shape[-2:] == (prompt, prompt)
+        assert out.attentions[1][0].shape[-2:] == (1, prompt + 1)  # cached step: one query row
+        assert len(out.hidden_states[0]) == layers + 1
+        # each step's scores pick that step's token (greedy)
+        assert torch.equal(torch.stack(out.scores, 1).argmax(-1), out.sequences[:, prompt:])
+
+    def test_generate_from_inputs_embeds_equals_input_ids(self, model_and_inputs):
+        model, config, inputs = model_and_inputs
+        text = make_inputs(config, n_images=0, batch_size=2, ragged=True)
+        embeds = model.get_input_embeddings()(text["input_ids"])
+        by_embeds = model.generate(inputs_embeds=embeds, attention_mask=text["attention_mask"], **GREEDY)
+        by_ids = model.generate(**text, **GREEDY)
+        assert torch.equal(by_embeds, by_ids[:, text["input_ids"].shape[1]:])  # only new tokens come back
+
     def test_static_cache_equals_dynamic_cache(self, model_and_inputs):
         model, _, inputs = model_and_inputs
         static = model.generate(**inputs, **GREEDY, cache_implementation="static", return_dict_in_generate=True)
