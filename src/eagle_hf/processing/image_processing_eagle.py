@@ -368,6 +368,44 @@ class EagleImageProcessingMixin:
         )
         return square if isinstance(square, np.ndarray) else square.permute(1, 2, 0).cpu().numpy()
 
+    def _preprocess(
+        self,
+        images: list[Any],
+        do_resize: bool,
+        size: SizeDict,
+        resample: Any,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | Iterable[float] | None,
+        image_std: float | Iterable[float] | None,
+        pad_to_square: bool | None = None,
+        return_tensors: Any = None,
+        data_format: Any = ChannelDimension.FIRST,
+        disable_grouping: bool | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Both backends: the uint8 squares (``_squares``, [3, H, W] each), then one value-table look-up
+        (``_lookup``) for rescale + normalise, so equal uint8 values give bit-identical floats."""
+        squares = self._squares(
+            images, pad_to_square=bool(pad_to_square), do_resize=do_resize, size=size, resample=resample,
+            do_center_crop=do_center_crop, crop_size=crop_size, image_mean=image_mean,
+            disable_grouping=disable_grouping,
+        )
+        table = self._value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+        channels_last = data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST
+        processed = []
+        for square in squares:
+            pixels = self._lookup(table, square)
+            if channels_last:
+                pixels = pixels.transpose(1, 2, 0) if isinstance(pixels, np.ndarray) else pixels.permute(1, 2, 0)
+            processed.append(pixels.contiguous() if hasattr(pixels, "contiguous") else np.ascontiguousarray(pixels))
+        if return_tensors is not None and len({tuple(p.shape) for p in processed}) == 1:
+            processed = np.stack(processed) if isinstance(processed[0], np.ndarray) else torch.stack(processed)
+        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+
     @staticmethod
     def _value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std) -> np.ndarray:
         """[3, 256] float32: the rescaled and normalised value of every (channel, uint8 value)."""
@@ -437,50 +475,17 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
             array = chw.transpose(1, 2, 0)
         return np.ascontiguousarray(array, dtype=np.uint8)
 
-    def _preprocess(
-        self,
-        images: list[Image.Image],
-        do_resize: bool,
-        size: SizeDict,
-        resample: Any,
-        do_center_crop: bool,
-        crop_size: SizeDict,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | Iterable[float] | None,
-        image_std: float | Iterable[float] | None,
-        pad_to_square: bool | None = None,
-        return_tensors: Any = None,
-        data_format: Any = ChannelDimension.FIRST,
-        **kwargs,
-    ) -> BatchFeature:
-        processed = []
-        for image in images:
-            array = self._square_uint8(
-                image,
-                pad_to_square=bool(pad_to_square),
-                do_resize=do_resize,
-                size=size,
-                resample=resample,
-                do_center_crop=do_center_crop,
-                crop_size=crop_size,
-                image_mean=image_mean,
-            )
-            chw = array.transpose(2, 0, 1)
-            # Rescale + normalise depend only on (channel, uint8 value): one 256-entry table per
-            # channel, filled with exactly the original arithmetic, replaces ~6 passes over the image.
-            table = self._value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
-            pixels = np.empty(chw.shape, dtype=np.float32)
-            for c in range(chw.shape[0]):
-                np.take(table[c % len(table)], chw[c], out=pixels[c])
-            if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
-                pixels = pixels.transpose(1, 2, 0)
-            processed.append(np.ascontiguousarray(pixels, dtype=np.float32))
+    def _squares(self, images: list[Image.Image], disable_grouping: bool | None = None, **options) -> list[np.ndarray]:
+        return [np.ascontiguousarray(self._square_uint8(image, **options).transpose(2, 0, 1)) for image in images]
 
-        if return_tensors is not None and len({p.shape for p in processed}) == 1:
-            processed = np.stack(processed)
-        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+    @staticmethod
+    def _lookup(table: np.ndarray, square: np.ndarray) -> np.ndarray:
+        # Rescale + normalise depend only on (channel, uint8 value): one 256-entry table per
+        # channel, filled with exactly the original arithmetic, replaces ~6 passes over the image.
+        pixels = np.empty(square.shape, dtype=np.float32)
+        for c in range(square.shape[0]):
+            np.take(table[c % len(table)], square[c], out=pixels[c])
+        return pixels
 
 
 class EagleImageProcessorTorchvision(EagleImageProcessingMixin, TorchvisionBackend):
@@ -508,9 +513,10 @@ class EagleImageProcessorTorchvision(EagleImageProcessingMixin, TorchvisionBacke
         canvas[:, top:top + height, left:left + width] = image
         return canvas
 
-    def _square_uint8_batch(self, images: list[torch.Tensor], pad_to_square: bool, do_resize: bool, size: SizeDict,
-                            resample: Any, do_center_crop: bool, crop_size: SizeDict, image_mean: Any,
-                            disable_grouping: bool | None = None) -> list[torch.Tensor]:
+    def _squares(self, images: list[torch.Tensor], pad_to_square: bool, do_resize: bool, size: SizeDict,
+                 resample: Any, do_center_crop: bool, crop_size: SizeDict, image_mean: Any,
+                 disable_grouping: bool | None = None) -> list[torch.Tensor]:
+        """[3, H, W] uint8 squares; images of one shape are resized and cropped as one batch."""
         if pad_to_square:
             background = self._background(image_mean)
             images = [self.expand_to_square(image, background) for image in images]
@@ -527,41 +533,9 @@ class EagleImageProcessorTorchvision(EagleImageProcessingMixin, TorchvisionBacke
         return reorder_images(done, index)
 
     def _square_uint8(self, image: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self._square_uint8_batch([image], **kwargs)[0]
+        return self._squares([image], **kwargs)[0]
 
-    def _preprocess(
-        self,
-        images: list[torch.Tensor],
-        do_resize: bool,
-        size: SizeDict,
-        resample: Any,
-        do_center_crop: bool,
-        crop_size: SizeDict,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | Iterable[float] | None,
-        image_std: float | Iterable[float] | None,
-        pad_to_square: bool | None = None,
-        return_tensors: Any = None,
-        data_format: Any = ChannelDimension.FIRST,
-        disable_grouping: bool | None = None,
-        **kwargs,
-    ) -> BatchFeature:
-        squares = self._square_uint8_batch(
-            images, pad_to_square=bool(pad_to_square), do_resize=do_resize, size=size, resample=resample,
-            do_center_crop=do_center_crop, crop_size=crop_size, image_mean=image_mean,
-            disable_grouping=disable_grouping,
-        )
-        table = self._value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
-        processed = []
-        for square in squares:
-            values = torch.from_numpy(table).to(square.device)
-            # The same per-(channel, uint8 value) table as the PIL backend: equal uint8 gives equal floats.
-            pixels = values.gather(1, square.flatten(1).long()).view(square.shape)
-            if data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST:
-                pixels = pixels.permute(1, 2, 0)
-            processed.append(pixels.contiguous())
-        if return_tensors is not None and len({tuple(p.shape) for p in processed}) == 1:
-            processed = torch.stack(processed)
-        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+    @staticmethod
+    def _lookup(table: np.ndarray, square: torch.Tensor) -> torch.Tensor:
+        values = torch.from_numpy(table).to(square.device)
+        return values.gather(1, square.flatten(1).long()).view(square.shape)
