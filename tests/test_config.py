@@ -10,7 +10,8 @@ from transformers import AutoConfig
 
 import eagle_hf
 from eagle_hf import EagleVisionConfig, EagleVisionTower, EagleVLConfig, preset_config, vision_preset
-from eagle_hf.modeling.presets import TINY_EXPERTS, TINY_TEXT
+from eagle_hf.modeling.presets import TINY_TEXT
+from eagle_hf.modeling.registry import get_expert
 
 
 def config_error(match: str):
@@ -83,7 +84,7 @@ def test_bare_vision_config_is_the_released_x5_mix():
     assert cfg.expert_order == vision_preset("x5").expert_order
     assert cfg.hidden_size == 7680
     # Giving only some expert slots makes those the mix, in registry order.
-    partial = EagleVisionConfig(sam_config=TINY_EXPERTS["sam"], clip_config=TINY_EXPERTS["clip"], image_size=64)
+    partial = EagleVisionConfig(sam_config=get_expert("sam").preset("tiny"), clip_config=get_expert("clip").preset("tiny"), image_size=64)
     assert partial.expert_order == ["clip", "sam"]
     assert partial.eva_config is None
 
@@ -209,17 +210,17 @@ def test_empty_expert_order():
 
 def test_duplicate_expert():
     with config_error("lists an expert twice"):
-        EagleVisionConfig(expert_order=["clip", "clip"], clip_config=TINY_EXPERTS["clip"], image_size=64)
+        EagleVisionConfig(expert_order=["clip", "clip"], clip_config=get_expert("clip").preset("tiny"), image_size=64)
 
 
 def test_missing_expert_slot():
     with config_error("'sam' is in expert_order but sam_config is not set"):
-        EagleVisionConfig(expert_order=["clip", "sam"], clip_config=TINY_EXPERTS["clip"], image_size=64)
+        EagleVisionConfig(expert_order=["clip", "sam"], clip_config=get_expert("clip").preset("tiny"), image_size=64)
 
 
 def test_unknown_expert_in_order():
     with config_error("unknown vision expert 'dino'; known experts: " + ", ".join(eagle_hf.list_experts())):
-        EagleVisionConfig(expert_order=["clip", "dino"], clip_config=TINY_EXPERTS["clip"], image_size=64)
+        EagleVisionConfig(expert_order=["clip", "dino"], clip_config=get_expert("clip").preset("tiny"), image_size=64)
 
 
 def test_identity_projector_with_mismatched_widths():
@@ -240,7 +241,7 @@ def test_bad_projector_depth():
 
 def test_bad_grid_size():
     with config_error("must be positive"):
-        EagleVisionConfig(expert_order=["clip"], clip_config=TINY_EXPERTS["clip"], image_size=64, grid_size=0)
+        EagleVisionConfig(expert_order=["clip"], clip_config=get_expert("clip").preset("tiny"), image_size=64, grid_size=0)
 
 
 @pytest.mark.parametrize(
@@ -257,4 +258,4 @@ def test_bad_grid_size():
 def test_expert_config_validation(name, overrides, match):
     spec = eagle_hf.modeling.get_expert(name)
     with config_error(match):
-        spec.config_class(**{**TINY_EXPERTS[name], **overrides})
+        spec.config_class(**{**get_expert(name).preset("tiny"), **overrides})

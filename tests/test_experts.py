@@ -10,8 +10,6 @@ from conftest import config_dict, distinct_width_vision_config, make_pixel_value
 
 import eagle_hf
 from eagle_hf import EagleVisionTower, vision_preset
-from eagle_hf.modeling.configuration_eagle import FULL_SIZE_EXPERTS
-from eagle_hf.modeling.presets import TINY_EXPERTS
 from eagle_hf.modeling.registry import get_expert, register_expert
 
 EXPERTS = eagle_hf.list_experts()
@@ -62,7 +60,7 @@ def unused_parameters(name: str, cfg) -> set[str]:
 
 def tiny_expert(name: str, seed: int = 0, **overrides):
     spec = get_expert(name)
-    cfg = spec.config_class(**{**TINY_EXPERTS[name], **overrides})
+    cfg = spec.config_class(**{**get_expert(name).preset("tiny"), **overrides})
     torch.manual_seed(seed)
     return spec.model_class(cfg).eval()
 
@@ -78,7 +76,8 @@ def expert_input(expert, batch: int, seed: int = 0) -> torch.Tensor:
 def test_registry_lists_the_five_released_experts():
     assert set(EXPERTS) >= {"clip", "convnext", "sam", "pix2struct", "eva"}
     assert EXPERTS == sorted(EXPERTS)
-    assert set(TINY_EXPERTS) == set(EXPERTS) == set(FULL_SIZE_EXPERTS)
+    for name in EXPERTS:  # every expert ships both presets
+        assert get_expert(name).tiny and get_expert(name).full_size, name
 
 
 @pytest.mark.parametrize("name", EXPERTS)
@@ -206,7 +205,7 @@ def test_expert_save_load_round_trip(name, tmp_path):
 @pytest.mark.parametrize("name", EXPERTS)
 def test_full_size_expert_on_meta_device(name):
     spec = get_expert(name)
-    cfg = spec.config_class(**FULL_SIZE_EXPERTS[name])
+    cfg = spec.config_class(**get_expert(name).preset("full_size"))
     with torch.device("meta"):
         expert = spec.model_class(cfg)
     assert all(p.device.type == "meta" for p in expert.parameters())
@@ -229,8 +228,8 @@ def test_full_size_expert_on_meta_device(name):
 def test_tiny_and_full_size_configs_share_the_architecture(name):
     """Tiny and full-size configs differ in sizes only: same config class, same module types."""
     spec = get_expert(name)
-    tiny = spec.config_class(**TINY_EXPERTS[name])
-    full = spec.config_class(**FULL_SIZE_EXPERTS[name])
+    tiny = spec.config_class(**get_expert(name).preset("tiny"))
+    full = spec.config_class(**get_expert(name).preset("full_size"))
     assert type(tiny) is type(full) is spec.config_class
     with torch.device("meta"):
         tiny_types = {type(m).__name__ for m in spec.model_class(tiny).modules()}

@@ -8,15 +8,15 @@ index -> expert mapping is per checkpoint.
 """
 
 
-import copy
 import os
 import re
 
 from huggingface_hub.dataclasses import strict
 from transformers.core_model_loading import WeightRenaming, apply_renamings
 
-from ..modeling.configuration_eagle import FULL_SIZE_EXPERTS, EagleVLConfig
+from ..modeling.configuration_eagle import EagleVLConfig
 from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
+from ..modeling.registry import get_expert
 
 # Constants of the original mixture (hard-coded there, so they are facts about the format).
 ORIGINAL_MIXTURE_IMAGE_SIZE = 1024
@@ -66,7 +66,7 @@ def legacy_to_native(config_dict: dict) -> dict:
     if not tower:
         raise ValueError("this eagle_llama config has no mm_vision_tower: it is a text-only LLM, not an EAGLE model")
     if is_single_clip(tower):
-        clip = copy.deepcopy(FULL_SIZE_EXPERTS["clip"])
+        clip = get_expert("clip").preset("full_size")
         if "336" not in tower:
             clip.update(image_size=224)
         select = d.get("mm_vision_select_feature", "patch")
@@ -84,9 +84,9 @@ def legacy_to_native(config_dict: dict) -> dict:
             name, overrides = ORIGINAL_TOWERS[sub]
             if name in experts:
                 raise ValueError(f"mm_vision_tower {tower!r} lists {sub!r} twice")
-            experts[name] = {**copy.deepcopy(FULL_SIZE_EXPERTS[name]), **overrides}
+            experts[name] = {**get_expert(name).preset("full_size"), **overrides}
         vision = dict(expert_order=list(experts), image_size=ORIGINAL_MIXTURE_IMAGE_SIZE,
-                      grid_size=ORIGINAL_MIXTURE_GRID, **{f"{n}_config": c for n, c in experts.items()})
+                      grid_size=ORIGINAL_MIXTURE_GRID, **{get_expert(n).slot: c for n, c in experts.items()})
 
     projector = d.get("mm_projector_type", "linear")
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector)

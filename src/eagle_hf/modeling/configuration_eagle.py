@@ -9,64 +9,38 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .expert_clip import EagleClipExpertConfig
-from .expert_convnext import EagleConvNextExpertConfig
-from .expert_eva import EagleEvaExpertConfig
-from .expert_pix2struct import EaglePix2StructExpertConfig
-from .expert_sam import EagleSamExpertConfig
-from .registry import get_expert, list_experts
+# The built-in experts register themselves (and their config slots) on import. Adding an expert
+# to the package is its `expert_<name>.py` plus one line here; one defined elsewhere calls
+# `register_expert` itself. (One flat module per expert, imported as `from .x import`, because
+# that is what transformers' remote-code export copies next to the weights.)
+from .expert_clip import EagleClipExpert  # noqa: F401
+from .expert_convnext import EagleConvNextExpert  # noqa: F401
+from .expert_eva import EagleEvaExpert  # noqa: F401
+from .expert_pix2struct import EaglePix2StructExpert  # noqa: F401
+from .expert_sam import EagleSamExpert  # noqa: F401
+from .registry import EXPERT_SLOTS, get_expert, is_registered, list_experts
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-# The released experts at full size (NVEagle checkpoints); `presets.py` builds mixes from these.
-FULL_SIZE_EXPERTS = {
-    # openai/clip-vit-large-patch14-336, run at 336 px as EAGLE's "clip-448" does.
-    "clip": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 patch_size=14, image_size=336, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768),
-    # CLIP ConvNeXt-XXLarge.
-    "convnext": dict(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072], norm_eps=1e-5, input_size=1024),
-    # facebook/sam-vit-large image encoder.
-    "sam": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_dim=4096, image_size=1024,
-                patch_size=16, global_attn_indexes=[5, 11, 17, 23], window_size=14, output_channels=256,
-                layer_norm_eps=1e-6),
-    # google/pix2struct-large encoder.
-    "pix2struct": dict(hidden_size=1536, num_hidden_layers=18, num_attention_heads=24, d_kv=64, d_ff=3968,
-                       dense_act_fn="gelu_new", layer_norm_eps=1e-6, patch_embed_hidden_size=768, seq_len=4096,
-                       input_size=1024, max_patches=2048),
-    # EVA-02-L/16 from the COCO (Objects365) ViTDet detector.
-    "eva": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2730,
-                input_size=1024, window_size=16, global_attn_indexes=[2, 5, 8, 11, 14, 17, 20, 23]),
-}
+# The released X5 mix, in its concatenation order (what a bare EagleVisionConfig() describes).
 RELEASED_X5_ORDER = ["clip", "convnext", "sam", "pix2struct", "eva"]
+_SLOT_SUFFIX = "_config"
 
 
 @strict
 class EagleVisionConfig(PreTrainedConfig):
     """A mixture of vision experts that all see one square image of side ``image_size``.
 
-    Each expert named in ``expert_order`` has its sub-config in the slot ``<name>_config``;
-    its feature map is resampled to ``grid_size`` x ``grid_size`` and the maps are concatenated
+    Each expert named in ``expert_order`` has its sub-config in the slot ``<name>_config``; there
+    is one slot per *registered* expert (`eagle_hf.register_expert`), ``None`` when unused. Its
+    feature map is resampled to ``grid_size`` x ``grid_size`` and the maps are concatenated
     on channels in ``expert_order``. ``image_mean``/``image_std`` describe how the shared input
     was normalised (experts that need raw pixels undo it).
     """
 
     model_type = "eagle_vl_vision"
     base_config_key = "vision_config"
-
-    sub_configs_defaults = {
-        "clip_config": SubConfigSpec(EagleClipExpertConfig, optional=True),
-        "convnext_config": SubConfigSpec(EagleConvNextExpertConfig, optional=True),
-        "sam_config": SubConfigSpec(EagleSamExpertConfig, optional=True),
-        "pix2struct_config": SubConfigSpec(EaglePix2StructExpertConfig, optional=True),
-        "eva_config": SubConfigSpec(EagleEvaExpertConfig, optional=True),
-    }
-
-    clip_config: dict | PreTrainedConfig | None = None
-    convnext_config: dict | PreTrainedConfig | None = None
-    sam_config: dict | PreTrainedConfig | None = None
-    pix2struct_config: dict | PreTrainedConfig | None = None
-    eva_config: dict | PreTrainedConfig | None = None
 
     expert_order: list[str] | None = None
     image_size: int = 1024
@@ -75,12 +49,21 @@ class EagleVisionConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = tuple(OPENAI_CLIP_STD)
 
     def __post_init__(self, **kwargs):
-        given = [n for n in list_experts() if getattr(self, f"{n}_config", None) is not None]
+        # The expert slots are not dataclass fields (their set grows with the registry), so they
+        # arrive in kwargs; each registered expert's slot exists, None when unused.
+        for slot in EXPERT_SLOTS:
+            if slot not in self.__dict__:
+                setattr(self, slot, kwargs.pop(slot, None))
+        given = [n for n in list_experts() if self.expert_config(n) is not None]
+        unknown = [k[: -len(_SLOT_SUFFIX)] for k, v in kwargs.items()
+                   if k.endswith(_SLOT_SUFFIX) and isinstance(v, (dict, PreTrainedConfig))]
+        for name in unknown + [n for n in (self.expert_order or []) if not is_registered(n)]:
+            get_expert(name)  # an unregistered expert fails here, saying how to register it
         if self.expert_order is None and not given:
             # Like LlavaConfig() describing llava-1.5-7b, the bare config is the released X5 mix.
             self.expert_order = list(RELEASED_X5_ORDER)
             for name in self.expert_order:
-                setattr(self, f"{name}_config", dict(FULL_SIZE_EXPERTS[name]))
+                setattr(self, get_expert(name).slot, get_expert(name).preset("full_size"))
         elif self.expert_order is None:
             self.expert_order = given
         self.expert_order = list(self.expert_order)
@@ -92,14 +75,23 @@ class EagleVisionConfig(PreTrainedConfig):
         if len(set(self.expert_order)) != len(self.expert_order):
             raise ValueError(f"expert_order lists an expert twice: {self.expert_order}")
         for name in self.expert_order:
-            get_expert(name)  # unknown names fail with the list of known ones
-            if getattr(self, f"{name}_config", None) is None:
-                raise ValueError(f"expert {name!r} is in expert_order but {name}_config is not set")
+            spec = get_expert(name)  # unknown names fail with the list of known ones
+            if self.expert_config(name) is None:
+                raise ValueError(f"expert {name!r} is in expert_order but {spec.slot} is not set")
         if self.grid_size < 1 or self.image_size < 1:
             raise ValueError(f"grid_size ({self.grid_size}) and image_size ({self.image_size}) must be positive")
 
-    def expert_config(self, name: str) -> PreTrainedConfig:
-        return getattr(self, f"{name}_config")
+    def to_dict(self):
+        output = super().to_dict()
+        # Slots of experts registered in this process but unused stay out of config.json, so a
+        # folder saved next to a third-party registration loads where it is not registered.
+        for slot in EXPERT_SLOTS:
+            if output.get(slot, 0) is None and slot not in _BUILTIN_SLOTS:
+                del output[slot]
+        return output
+
+    def expert_config(self, name: str) -> PreTrainedConfig | None:
+        return getattr(self, f"{name}{_SLOT_SUFFIX}", None)
 
     @property
     def expert_channels(self) -> dict[str, int]:
@@ -121,6 +113,11 @@ class EagleVisionConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         return self.grid_size**2
+
+
+# Live: registering an expert later adds its slot (see registry.EXPERT_SLOTS).
+EagleVisionConfig.sub_configs_defaults = EXPERT_SLOTS
+_BUILTIN_SLOTS = frozenset(EXPERT_SLOTS)
 
 
 @strict

@@ -52,7 +52,15 @@ class EagleClipExpertConfig(CLIPVisionConfig):
         return k if k >= 0 else self.num_hidden_layers + 1 + k
 
 
-@register_expert("clip", EagleClipExpertConfig, "CLIP ViT (transformers CLIP modules)")
+# openai/clip-vit-large-patch14-336, run at 336 px as EAGLE's "clip-448" does.
+FULL_SIZE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 patch_size=14, image_size=336, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768)
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+            image_size=48, projection_dim=32)
+
+
+@register_expert("clip", EagleClipExpertConfig, "CLIP ViT (transformers CLIP modules)", tiny=TINY,
+                 full_size=FULL_SIZE)
 class EagleClipExpert(VisionExpertMixin, CLIPPreTrainedModel):
     config: EagleClipExpertConfig
     main_input_name = "pixel_values"
@@ -66,6 +74,15 @@ class EagleClipExpert(VisionExpertMixin, CLIPPreTrainedModel):
         self.encoder = CLIPEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+
+    def unused_parameters(self) -> list:
+        # EAGLE's clip-448 drops the class token before the encoder and skips the post-LayerNorm.
+        unused = []
+        if self.config.drop_cls_before_encoder:
+            unused.append(self.embeddings.class_embedding)
+        if not self.config.use_post_layernorm:
+            unused += list(self.post_layernorm.parameters())
+        return unused
 
     def _position_table(self, grid: int, dtype: torch.dtype) -> torch.Tensor:
         table = self.embeddings.position_embedding.weight

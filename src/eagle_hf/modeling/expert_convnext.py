@@ -43,7 +43,12 @@ class EagleConvNextExpertConfig(PreTrainedConfig):
         return self.feature_stage % len(self.dims) + 1
 
 
-@register_expert("convnext", EagleConvNextExpertConfig, "ConvNeXt (timm modules)")
+# CLIP ConvNeXt-XXLarge.
+FULL_SIZE = dict(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072], norm_eps=1e-5, input_size=1024)
+TINY = dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], input_size=64, patch_size=4)
+
+
+@register_expert("convnext", EagleConvNextExpertConfig, "ConvNeXt (timm modules)", tiny=TINY, full_size=FULL_SIZE)
 class EagleConvNextExpert(VisionExpertMixin, PreTrainedModel):
     config: EagleConvNextExpertConfig
     main_input_name = "pixel_values"

@@ -182,7 +182,15 @@ class EagleEvaBlock(GradientCheckpointingLayer):
         return x + self.mlp(self.norm2(x))
 
 
-@register_expert("eva", EagleEvaExpertConfig, "EVA-02 ViTDet backbone (window + global attention, 2-D RoPE)")
+# EVA-02-L/16 from the COCO (Objects365) ViTDet detector.
+FULL_SIZE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=2730,
+                 input_size=1024, window_size=16, global_attn_indexes=[2, 5, 8, 11, 14, 17, 20, 23])
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, patch_size=8,
+            input_size=64, pretrain_image_size=32, window_size=4, global_attn_indexes=[1], rope_pt_seq_len=4)
+
+
+@register_expert("eva", EagleEvaExpertConfig, "EVA-02 ViTDet backbone (window + global attention, 2-D RoPE)",
+                 tiny=TINY, full_size=FULL_SIZE)
 class EagleEvaExpert(VisionExpertMixin, PreTrainedModel):
     config: EagleEvaExpertConfig
     main_input_name = "pixel_values"

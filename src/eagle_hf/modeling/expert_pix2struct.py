@@ -51,7 +51,17 @@ class EaglePix2StructExpertConfig(Pix2StructVisionConfig):
         return rows, cols
 
 
-@register_expert("pix2struct", EaglePix2StructExpertConfig, "Pix2Struct vision encoder (transformers modules)")
+# google/pix2struct-large encoder.
+FULL_SIZE = dict(hidden_size=1536, num_hidden_layers=18, num_attention_heads=24, d_kv=64, d_ff=3968,
+                 dense_act_fn="gelu_new", layer_norm_eps=1e-6, patch_embed_hidden_size=768, seq_len=4096,
+                 input_size=1024, max_patches=2048)
+# As for SAM, the 1e-10 default init would make a fresh tiny Pix2Struct ignore the image.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, d_kv=8, d_ff=64, seq_len=128,
+            patch_embed_hidden_size=192, patch_size=8, max_patches=48, input_size=64, initializer_range=0.02)
+
+
+@register_expert("pix2struct", EaglePix2StructExpertConfig, "Pix2Struct vision encoder (transformers modules)",
+                 tiny=TINY, full_size=FULL_SIZE)
 class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
     config: EaglePix2StructExpertConfig
     input_space = "pixels_255"

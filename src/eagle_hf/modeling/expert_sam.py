@@ -79,7 +79,18 @@ class EagleSamVisionAttention(SamVisionAttention):
         return SamVisionSdpaAttention.forward(self, hidden_states, output_attentions)
 
 
-@register_expert("sam", EagleSamExpertConfig, "SAM ViT image encoder (transformers SAM modules) + short neck")
+# facebook/sam-vit-large image encoder.
+FULL_SIZE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_dim=4096, image_size=1024,
+                 patch_size=16, global_attn_indexes=[5, 11, 17, 23], window_size=14, output_channels=256,
+                 layer_norm_eps=1e-6)
+# SamVisionConfig defaults to initializer_range=1e-10 (the release is never trained from scratch);
+# at that scale a fresh tiny SAM outputs ~0, so the tiny preset uses 0.02.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=64, image_size=64, patch_size=8,
+            global_attn_indexes=[1], window_size=4, output_channels=8, initializer_range=0.02)
+
+
+@register_expert("sam", EagleSamExpertConfig, "SAM ViT image encoder (transformers SAM modules) + short neck",
+                 tiny=TINY, full_size=FULL_SIZE)
 class EagleSamExpert(VisionExpertMixin, SamVisionEncoder):
     config: EagleSamExpertConfig
     _no_split_modules = ["SamVisionLayer"]

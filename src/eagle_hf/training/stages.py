@@ -144,17 +144,13 @@ def apply_stage(model: nn.Module, stage: str | Stage, lrs: StageLRs | float = 1e
 def unused_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters the configuration leaves out of every forward pass. Left trainable they never
     get a gradient, which DDP without ``find_unused_parameters`` (the Trainer's choice whenever
-    gradient checkpointing is on) treats as an error. EAGLE's CLIP expert drops the class token
-    before the encoder and skips the post-LayerNorm."""
-    from ..modeling.expert_clip import EagleClipExpert
+    gradient checkpointing is on) treats as an error. Each expert declares its own."""
+    from ..modeling.registry import VisionExpertMixin
 
     unused = []
     for module in model.modules():
-        if isinstance(module, EagleClipExpert):
-            if module.config.drop_cls_before_encoder:
-                unused.append(module.embeddings.class_embedding)
-            if not module.config.use_post_layernorm:
-                unused += list(module.post_layernorm.parameters())
+        if isinstance(module, VisionExpertMixin):
+            unused += module.unused_parameters()
     return unused
 
 
