@@ -18,6 +18,7 @@ from .expert_convnext import EagleConvNextExpert  # noqa: F401
 from .expert_eva import EagleEvaExpert  # noqa: F401
 from .expert_pix2struct import EaglePix2StructExpert  # noqa: F401
 from .expert_sam import EagleSamExpert  # noqa: F401
+from .fusion import FUSIONS, get_fusion
 from .registry import EXPERT_SLOTS, get_expert, is_registered, list_experts
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -37,6 +38,13 @@ class EagleVisionConfig(PreTrainedConfig):
     feature map is resampled to ``grid_size`` x ``grid_size`` and the maps are concatenated
     on channels in ``expert_order``. ``image_mean``/``image_std`` describe how the shared input
     was normalised (experts that need raw pixels undo it).
+
+    ``fusion`` picks how the experts' maps become image tokens (`eagle_hf.modeling.fusion`):
+    ``"channel_concat"`` (the releases'), ``"sequence_append"``, ``"injection"`` (LLaVA-HR),
+    ``"patch_mining"`` (Mini-Gemini) or ``"deformable"``; the ``fusion_*`` fields are their sizes
+    (``fusion_hidden_size``: sequence_append's common width, default the widest expert;
+    ``fusion_num_heads``: patch_mining/deformable heads; ``fusion_mining_factor``: high-resolution
+    patches per grid-cell side; ``fusion_num_points``: deformable sampling points per head and map).
     """
 
     model_type = "eagle_vl_vision"
@@ -47,6 +55,11 @@ class EagleVisionConfig(PreTrainedConfig):
     grid_size: int = 32
     image_mean: list[float] | tuple[float, ...] = tuple(OPENAI_CLIP_MEAN)
     image_std: list[float] | tuple[float, ...] = tuple(OPENAI_CLIP_STD)
+    fusion: str = "channel_concat"
+    fusion_hidden_size: int | None = None
+    fusion_num_heads: int = 1
+    fusion_mining_factor: int = 2
+    fusion_num_points: int = 4
 
     def __post_init__(self, **kwargs):
         # The expert slots are not dataclass fields (their set grows with the registry), so they
@@ -81,6 +94,11 @@ class EagleVisionConfig(PreTrainedConfig):
         if self.grid_size < 1 or self.image_size < 1:
             raise ValueError(f"grid_size ({self.grid_size}) and image_size ({self.image_size}) must be positive")
 
+    def validate_fusion(self):
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion={self.fusion!r} is not one of {', '.join(FUSIONS)}; set fusion to one of them")
+        get_fusion(self.fusion).check(self)
+
     def to_dict(self):
         output = super().to_dict()
         # Slots of experts registered in this process but unused stay out of config.json, so a
@@ -99,8 +117,9 @@ class EagleVisionConfig(PreTrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        """Channels of the fused map: the sum of the experts' channels."""
-        return sum(self.expert_channels.values())
+        """Width of the image tokens the fusion hands the projector (for channel_concat: the sum of
+        the experts' channels)."""
+        return get_fusion(self.fusion).output_width(self)
 
     @property
     def channel_offsets(self) -> dict[str, int]:
@@ -112,7 +131,8 @@ class EagleVisionConfig(PreTrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        return self.grid_size**2
+        """Image tokens per image, as the fusion declares them (grid_size**2 for channel_concat)."""
+        return get_fusion(self.fusion).output_tokens(self)
 
 
 # Live: registering an expert later adds its slot (see registry.EXPERT_SLOTS).

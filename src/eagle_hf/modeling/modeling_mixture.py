@@ -4,20 +4,21 @@
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_eagle import EagleVisionConfig
+from .fusion import DeformableFusion, get_fusion, resize_bilinear
 from .registry import get_expert
 
 
 @dataclass
 class EagleVisionOutput(BaseModelOutputWithPooling):
-    """``last_hidden_state``: fused features [B, grid**2, sum(channels)] in ``expert_order``;
-    ``expert_features``: each expert's block of it, keyed by expert name (when asked for).
+    """``last_hidden_state``: fused features [B, tokens, width] (``config.num_image_tokens`` x
+    ``config.hidden_size``; for channel_concat grid**2 x the experts' channels in ``expert_order``);
+    ``expert_features``: each expert's map on the grid [B, grid**2, C], keyed by expert name (when asked for).
 
     ``hidden_states`` (``output_hidden_states=True``) and ``attentions`` (``output_attentions=True``)
     are dicts keyed by expert name, in ``expert_order``, each holding a tuple in that expert's own
@@ -70,17 +71,14 @@ class _ExpertRecorder:
             handle.remove()
 
 
-def resize_bilinear(x: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
-    # EAGLE resamples inputs and feature maps with align_corners=True bilinear in float32.
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=True).to(dtype)
-
-
 class EagleVisionTower(PreTrainedModel):
-    """Runs every expert on the shared image and concatenates their resampled maps.
+    """Runs every expert on the shared image, resamples their maps to the shared grid and fuses
+    them with ``config.fusion`` (channel concatenation by default).
 
     Experts are named children (``self.clip``, ``self.sam``, ...) so that each one's weights
     live under its name, and transformers collects their `_no_split_modules` and pushes
-    ``attn_implementation`` down to them.
+    ``attn_implementation`` down to them. The fusion is the child ``fusion`` (channel
+    concatenation has no weights, so the released checkpoints' keys are unchanged).
     """
 
     config: EagleVisionConfig
@@ -96,6 +94,7 @@ class EagleVisionTower(PreTrainedModel):
         super().__init__(config)
         for name in config.expert_order:
             self.add_module(name, get_expert(name).model_class(config.expert_config(name)))
+        self.fusion = get_fusion(config.fusion)(config)
         mean = torch.tensor(config.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(config.image_std, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
@@ -109,6 +108,11 @@ class EagleVisionTower(PreTrainedModel):
 
             init.copy_(self.image_mean, torch.tensor(self.config.image_mean).view(1, -1, 1, 1))
             init.copy_(self.image_std, torch.tensor(self.config.image_std).view(1, -1, 1, 1))
+        if isinstance(self.fusion, DeformableFusion) and module is self.fusion.offsets:
+            # After the generic Linear init of the offsets layer, which would overwrite it.
+            from transformers import initialization as init
+
+            self.fusion.init_offsets(init)
 
     @property
     def experts(self) -> dict[str, torch.nn.Module]:
@@ -156,7 +160,8 @@ class EagleVisionTower(PreTrainedModel):
         wanted = {"hidden_states": output_hidden_states, "attentions": output_attentions}
         keys = [key for key, flag in wanted.items()
                 if (flag if flag is not None else getattr(self.config, f"output_{key}", False))]
-        blocks, recorded = {}, {key: {} for key in keys}
+        keep_maps = self.fusion.uses_native_maps
+        blocks, maps, recorded = {}, {}, {key: {} for key in keys}
         for name, x in self.expert_inputs(pixel_values).items():
             if keys:
                 with _ExpertRecorder(self.experts[name], keys) as records:
@@ -165,9 +170,11 @@ class EagleVisionTower(PreTrainedModel):
                     recorded[key][name] = tuple(records[key])
             else:
                 feature_map = self.experts[name](x)
+            if keep_maps:
+                maps[name] = feature_map
             if feature_map.shape[-2:] != (grid, grid):
                 feature_map = resize_bilinear(feature_map, grid, pixel_values.dtype)
             blocks[name] = feature_map.flatten(2).transpose(1, 2).to(pixel_values.dtype)
-        fused = torch.cat(list(blocks.values()), dim=-1)
+        fused = self.fusion(blocks, maps if keep_maps else None)
         return EagleVisionOutput(last_hidden_state=fused, expert_features=blocks if output_expert_features else None,
                                  hidden_states=recorded.get("hidden_states"), attentions=recorded.get("attentions"))

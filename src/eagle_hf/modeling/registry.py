@@ -43,6 +43,8 @@ class ExpertSpec:
 
 
 _EXPERTS: dict[str, ExpertSpec] = {}
+# Attributes of the mixture module that an expert (a child named after it) must not shadow.
+_RESERVED_NAMES = frozenset({"fusion", "experts", "config", "image_mean", "image_std"})
 # The sub-config slots, kept in step with _EXPERTS. `EagleVisionConfig.sub_configs_defaults` *is*
 # this dict (not a copy), so transformers' generic sub-config machinery (building from dicts,
 # attn_implementation propagation, to_dict) sees experts registered after the config class exists.
@@ -60,6 +62,9 @@ def register_expert(name: str, config_class: type, description: str = "", *, tin
     if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
         raise ValueError(f"vision expert names must be lower-case Python identifiers (they become the attribute "
                          f"and weight prefix of the expert), got {name!r}")
+    if name in _RESERVED_NAMES:
+        raise ValueError(f"{name!r} cannot name a vision expert: the mixture already has an attribute of that name "
+                         f"({', '.join(sorted(_RESERVED_NAMES))} are taken)")
     if not (isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"config_class of vision expert {name!r} must be a PreTrainedConfig subclass, "
                         f"got {config_class!r}")
