@@ -64,8 +64,14 @@ def distinct_width_vision_config(**kwargs):
 def config_dict(config) -> dict:
     """``config.to_dict()`` without the fields that record where/with what it was saved."""
     d = config.to_dict()
+    if isinstance(d.get("tower_config"), dict):
+        d["tower_config"].pop("dtype", None)
     for key in ("_name_or_path", "transformers_version"):
         d.pop(key, None)
+    for value in d.values():
+        # from_pretrained records the load dtype in nested configs (a generic expert's tower_config)
+        if isinstance(value, dict) and "tower_config" in value:
+            value["tower_config"].pop("dtype", None)
     return d
 
 

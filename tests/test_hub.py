@@ -20,7 +20,7 @@ BASE = ["lmsys/vicuna-7b-v1.5"]
 RELEASE_FILES = ["README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
                  "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 CODE_FILES = ["chat_templates.py", "configuration_eagle.py", "expert_clip.py", "expert_convnext.py", "expert_eva.py",
-              "expert_pix2struct.py", "expert_sam.py", "fusion.py", "image_processing_eagle.py", "modeling_eagle.py",
+              "expert_hf.py", "expert_pix2struct.py", "expert_sam.py", "expert_timm.py", "fusion.py", "image_processing_eagle.py", "modeling_eagle.py",
               "modeling_mixture.py", "processing_eagle.py", "registry.py"]
 
 # Run in a child process: eagle_hf is made unimportable (meta-path blocker and the src folder

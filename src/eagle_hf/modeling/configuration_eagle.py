@@ -16,8 +16,10 @@ from transformers.configuration_utils import SubConfigSpec
 from .expert_clip import EagleClipExpert  # noqa: F401
 from .expert_convnext import EagleConvNextExpert  # noqa: F401
 from .expert_eva import EagleEvaExpert  # noqa: F401
+from .expert_hf import EagleHFExpert  # noqa: F401  (siglip, siglip2, dinov2, convnextv2)
 from .expert_pix2struct import EaglePix2StructExpert  # noqa: F401
 from .expert_sam import EagleSamExpert  # noqa: F401
+from .expert_timm import EagleTimmExpert  # noqa: F401
 from .fusion import FUSIONS, get_fusion
 from .registry import EXPERT_SLOTS, get_expert, is_registered, list_experts
 

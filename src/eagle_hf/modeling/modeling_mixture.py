@@ -118,6 +118,18 @@ class EagleVisionTower(PreTrainedModel):
     def experts(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self, name) for name in self.config.expert_order}
 
+    def load_expert_weights(self, name: str, source) -> None:
+        """Load a released tower into the expert slot ``name``: for transformers towers a folder (or Hub
+        id) written by the tower's own ``save_pretrained`` (e.g. a ``SiglipVisionModel``), for timm
+        experts a timm state dict or its file. The tower's config must match the slot's."""
+        expert = self.experts.get(name)
+        if expert is None:
+            raise ValueError(f"this mixture has no expert {name!r}; its experts: {', '.join(self.config.expert_order)}")
+        if not hasattr(expert, "load_tower_weights"):
+            raise ValueError(f"expert {name!r} ({type(expert).__name__}) has no external checkpoint format; load "
+                             "an eagle-hf checkpoint with from_pretrained instead")
+        expert.load_tower_weights(source)
+
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         size = self.config.image_size
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:

@@ -1,5 +1,6 @@
 """One training code path for ``eagle-hf train``, ``eagle-hf quickstart`` and Python callers."""
 
+import copy
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 # The original recipe's learning rates (§5.1 of the spec): stage 1 1e-3, stage 2 2e-5. A model
 # trained from random weights (`tiny`) needs a large one throughout.
-DEFAULT_LR = {"pretrain": 1e-3, "prealign": 2e-4, "finetune": 2e-5, "lora": 2e-4, "lora-experts": 2e-4,
+DEFAULT_LR = {"pretrain": 1e-3, "prealign": 2e-4, "prealign-experts": 2e-4, "finetune": 2e-5, "lora": 2e-4, "lora-experts": 2e-4,
               "qlora": 2e-4, "qlora-experts": 2e-4}
 TINY_LR = 1e-3
 
@@ -168,10 +169,13 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def train(opts: TrainOptions) -> dict:
-    """Train and save to ``opts.output_dir``; returns a summary (also written as ``train_summary.json``)."""
+def train(opts: TrainOptions, model=None, processor=None) -> dict:
+    """Train and save to ``opts.output_dir``; returns a summary (also written as ``train_summary.json``).
+    ``model``/``processor`` given: train those instead of loading ``opts.model``."""
     from .trainer import EagleTrainer
 
+    if get_stage(opts.stage).per_expert:
+        return train_per_expert(opts)
     start = time.time()
     train_set = build_dataset(opts.data, opts.image_folder, on_error=opts.on_error, streaming=opts.streaming)
     eval_set = None
@@ -185,7 +189,8 @@ def train(opts: TrainOptions) -> dict:
     args = build_training_arguments(opts, eval_set is not None, streaming)
     precision = resolve_precision(opts.precision)
     tokenizer_rows = train_set.examples if not streaming else _first_examples(train_set, 2000)
-    model, processor = _load_model_and_processor(opts, tokenizer_rows, precision)
+    if model is None:
+        model, processor = _load_model_and_processor(opts, tokenizer_rows, precision)
 
     lrs = StageLRs(opts.learning_rate, opts.projector_lr, opts.expert_lr, opts.weight_decay)
     lora = default_lora_config(opts.lora_r, opts.lora_alpha) if get_stage(opts.stage).lora else None
@@ -225,6 +230,44 @@ def train(opts: TrainOptions) -> dict:
         save_model(trainer, processor, opts.output_dir)  # every rank: ZeRO-3 gathers the weights collectively
     if opts.save_final and trainer.is_world_process_zero():
         write_loss_log(trainer.state.log_history, opts.output_dir)
+        with open(os.path.join(opts.output_dir, "train_summary.json"), "w") as f:
+            json.dump({**summary, "options": _jsonable(opts)}, f, indent=2, default=str)
+    return summary
+
+
+def train_per_expert(opts: TrainOptions) -> dict:
+    """The ``prealign-experts`` stage: each expert with a projector of its own against the frozen LLM,
+    one after the other (``max_steps`` and the time budget are split evenly), all trained in place
+    in the mixture, which is then saved (its joint projector untouched: ``pretrain`` trains it next)."""
+    import dataclasses
+
+    from .prealign import single_expert_model
+
+    start = time.time()
+    if opts.max_steps is None:
+        raise ValueError("stage 'prealign-experts' needs --max-steps (split evenly over the experts)")
+    train_set = build_dataset(opts.data, opts.image_folder, on_error=opts.on_error, streaming=opts.streaming)
+    rows = train_set.examples if isinstance(train_set, LlavaDataset) else _first_examples(train_set, 2000)
+    model, processor = _load_model_and_processor(opts, rows, resolve_precision(opts.precision))
+    experts = list(model.config.vision_config.expert_order)
+    per_expert = {}
+    for i, name in enumerate(experts):
+        sub = single_expert_model(model, name, seed=opts.seed + i)
+        sub_processor = copy.copy(processor)
+        sub_processor.image_seq_length = sub.config.image_seq_length
+        sub_opts = dataclasses.replace(
+            opts, stage="prealign", output_dir=os.path.join(opts.output_dir, f"prealign-{name}"),
+            max_steps=max(1, opts.max_steps // len(experts)), save_final=False, resume=False,
+            time_budget_s=opts.time_budget_s / len(experts) if opts.time_budget_s else None)
+        summary = train(sub_opts, model=sub, processor=sub_processor)
+        per_expert[name] = {k: summary[k] for k in ("steps", "train_loss", "train_runtime_s")}
+    model.config.use_cache = True
+    summary = {"output_dir": opts.output_dir, "stage": opts.stage, "per_expert": per_expert,
+               "steps": sum(v["steps"] for v in per_expert.values()), "total_runtime_s": time.time() - start}
+    if opts.save_final:
+        os.makedirs(opts.output_dir, exist_ok=True)
+        model.save_pretrained(opts.output_dir)
+        processor.save_pretrained(opts.output_dir)
         with open(os.path.join(opts.output_dir, "train_summary.json"), "w") as f:
             json.dump({**summary, "options": _jsonable(opts)}, f, indent=2, default=str)
     return summary

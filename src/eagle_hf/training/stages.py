@@ -34,6 +34,8 @@ class Stage:
     lora: bool = False
     quantize_llm_bits: int | None = None
     description: str = ""
+    # Each expert trains alone with a projector of its own (training.prealign), then they are combined.
+    per_expert: bool = False
 
     def __post_init__(self):
         unknown = set(self.trains) - set(PARTS)
@@ -52,7 +54,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     _stage("finetune", {"projector", "experts", "llm"},
            "everything trains, with separate projector and expert learning rates (original stage 2)"),
     _stage("prealign", {"projector", "experts"},
-           "experts and projector with the LLM frozen (the paper's pre-alignment stage)"),
+           "experts and projector with the LLM frozen, all experts at once"),
+    _stage("prealign-experts", {"projector", "experts"},
+           "the paper's pre-alignment: each expert with its own projector against the frozen LLM, one at a time, "
+           "then combined in the mixture (train its joint projector next with 'pretrain')", per_expert=True),
     _stage("lora", {"projector"}, "LoRA adapters on the LLM, projector trained, experts frozen", lora=True),
     _stage("lora-experts", {"projector", "experts"}, "LoRA on the LLM with the experts and projector trained",
            lora=True),
