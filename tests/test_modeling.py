@@ -472,9 +472,9 @@ def test_ambiguous_inputs(tiny_model, tiny_config):
 
 
 def test_unknown_expert_in_model_config():
-    with pytest.raises(ValueError, match="unknown vision expert 'siglip'; known experts: "
+    with pytest.raises(ValueError, match="unknown vision expert 'nope'; known experts: "
                        + ", ".join(eagle_hf.list_experts())):
-        preset_config("tiny", experts=["clip", "siglip"])
+        preset_config("tiny", experts=["clip", "nope"])
 
 
 def test_checkpoint_with_other_channels_fails_to_load(tmp_path):
