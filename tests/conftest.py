@@ -153,8 +153,11 @@ def ckpt(tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """Slow tests (full-size parity: a 9 GB checkpoint, minutes of CPU, ~10 GB RAM) run only when
-    asked for, with ``-m slow`` or ``RUN_SLOW=1``; a plain ``pytest`` reports them as skipped."""
-    asked = "slow" in (config.option.markexpr or "") or os.environ.get("RUN_SLOW", "").lower() in ("1", "yes", "true")
+    asked for, with ``-m slow``, ``-m full_size`` (full-size tests are all slow) or ``RUN_SLOW=1``;
+    a plain ``pytest`` reports them as skipped."""
+    markexpr = config.option.markexpr or ""
+    asked = ("slow" in markexpr or "full_size" in markexpr
+             or os.environ.get("RUN_SLOW", "").lower() in ("1", "yes", "true"))
     if asked:
         return
     skip = pytest.mark.skip(reason="slow: run with -m slow or RUN_SLOW=1")

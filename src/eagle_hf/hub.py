@@ -337,18 +337,23 @@ def save_release(model, processor, out_dir: str | os.PathLike, *, repo_id: str |
                  max_shard_size: str | int = "5GB", model_card: bool = True, **card_kwargs) -> list[str]:
     """``save_pretrained`` of model and processor, generation config and model card; the
     tokenizer is saved with left padding, which batched generation needs. Returns the files."""
+    from .atomic import atomic_folder, pause_point
+
     _check_native(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ensure_generation_config(model, processor)
-    model.save_pretrained(out, max_shard_size=max_shard_size)
-    with _left_padding(processor):
-        processor.save_pretrained(out)
-    if model_card:
-        write_model_card(out, model, processor, repo_id=repo_id, **card_kwargs)
-    problems = check_release(out)
-    if problems:
-        raise RuntimeError(f"the release in {out} is incomplete: {'; '.join(problems)}")
+    # One temp folder for all parts, published at once: a kill never leaves new weights next
+    # to an old or half-written processor.
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        pause_point("release-model-saved")
+        with _left_padding(processor):
+            processor.save_pretrained(tmp)
+        if model_card:
+            write_model_card(tmp, model, processor, repo_id=repo_id or str(out), **card_kwargs)
+        problems = check_release(tmp)
+        if problems:
+            raise RuntimeError(f"the release for {out} is incomplete: {'; '.join(problems)}")
     return release_files(out)
 
 

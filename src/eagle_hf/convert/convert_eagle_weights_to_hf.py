@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 
 from ..modeling.configuration_eagle import EagleVLConfig
 from ..modeling.expert_eva import eva_rope_table
+from ..atomic import atomic_folder, pause_point
 from .legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
 from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
 from .checkpoint_io import (
@@ -198,12 +197,9 @@ def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
     shards = plan_shards(specs, max_shard_bytes=max_shard)
     names = shard_names(len(shards))
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.converting-", dir=dst.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 must not leak into the published folder
-    try:
+    # Written into a temp sibling and published in one atomic step (`eagle_hf.atomic`); temp
+    # folders of killed runs are removed here, by the next run.
+    with atomic_folder(dst, keep_existing=False) as tmp:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(nbytes(s, d) for _, s, d in specs), unit="B", unit_scale=True,
@@ -217,6 +213,7 @@ def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
 
         for shard, file in zip(shards, names):
             write_safetensors(tmp / file, shard, produce, on_tensor=lambda _, n: bar.update(n))
+            pause_point("convert-shard-written")
         bar.close()
         if len(shards) > 1:
             write_index(tmp, shards, names)
@@ -230,26 +227,7 @@ def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         saved_tokenizer = _save_processors(src, native, legacy, tmp, template_name)
         (tmp / "README.md").write_text(_model_card(src, legacy, native, sizes, written_dtype, out_dtype is not None,
                                                    template_name, saved_tokenizer))
-        _publish(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Move the finished folder into place; an existing ``dst`` is replaced only now."""
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.replaced-", dir=dst.parent))
-        os.replace(dst, old / "previous")
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            os.replace(old / "previous", dst)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
 
 
 def _save_generation_config(src: Path, native: EagleVLConfig, out: Path) -> None:

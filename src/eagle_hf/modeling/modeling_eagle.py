@@ -3,6 +3,7 @@
 
 
 import glob
+import importlib
 import json
 import os
 import re
@@ -104,6 +105,17 @@ class EaglePreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # Buffers that are recomputed from the config when a checkpoint lacks them.
     _derived_buffers = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, written into a temp folder and published atomically:
+        a process killed while saving leaves the previous folder or the complete new one
+        (`eagle_hf.atomic`). Files of the folder that the save does not write are kept."""
+        try:  # imported by name: a remote-code copy of this file (no eagle_hf installed) saves plainly
+            atomic_folder = importlib.import_module("eagle_hf.atomic").atomic_folder
+        except ImportError:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        with atomic_folder(save_directory) as tmp:
+            return super().save_pretrained(tmp, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -15,8 +15,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_folder
 from ..convert.checkpoint_io import nbytes, parse_dtype, plan_shards, shard_names, write_index, write_safetensors
 
 IMAGE_TOKEN_INDEX = -200  # the original's sentinel for "image features go here"
@@ -197,17 +196,12 @@ def cached_original_checkpoint(fixture_path: str | os.PathLike, cache_dir: str |
     target = root / f"{fixture_path.stem}-{digest.hexdigest()[:16]}"
     if (target / ".complete").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    # Built in a temp sibling and published whole; a killed build's temp folder (up to 9 GB) is
+    # removed by the next build of the same entry.
+    with atomic_folder(target, keep_existing=False) as tmp:
         build_original_checkpoint(fixture_path, tmp, progress=progress, **variant)
         record = {"fixture": str(fixture_path), **{k: str(v) for k, v in variant.items()}}
         (tmp / ".complete").write_text(json.dumps(record))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -163,10 +163,58 @@ def _load_model_and_processor(opts: TrainOptions, train_examples, precision: dic
     return model, processor
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a ``checkpoint-*`` folder cannot be resumed from (None: it is complete).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    The Trainer writes ``trainer_state.json`` last, after weights, optimizer and RNG states, so a
+    process killed while saving leaves a folder without it (or with it cut short)."""
+    from transformers.trainer_callback import TrainerState
+
+    from ..convert.checkpoint_io import CheckpointError, read_safetensors_header
+
+    folder = Path(folder)
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json (the save was cut short)"
+    try:
+        TrainerState.load_from_json(str(state_file))
+    except (ValueError, TypeError) as err:
+        return f"unreadable trainer_state.json ({err})"
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            read_safetensors_header(weights)
+        except CheckpointError as err:
+            return str(err)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError) as err:
+            return f"unreadable {index.name} ({err})"
+        lacking = sorted(s for s in shards if not (folder / s).is_file())
+        if lacking:
+            return f"weight shards missing: {', '.join(lacking)}"
+    return None
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest *complete* ``checkpoint-*`` folder of ``output_dir``; newer incomplete ones
+    (a run killed while saving) are skipped with a warning that names them."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = []
+    for entry in Path(output_dir).iterdir():
+        tail = entry.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if entry.is_dir() and entry.name.startswith(PREFIX_CHECKPOINT_DIR + "-") and tail.isdigit():
+            numbered.append((int(tail), entry))
+    for _, folder in sorted(numbered, reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning("skipping incomplete checkpoint %s: %s", folder, problem)
+    return None
 
 
 def train(opts: TrainOptions, model=None, processor=None) -> dict:

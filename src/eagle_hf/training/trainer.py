@@ -16,6 +16,7 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..atomic import pause_point
 from .sampler import ModalityLengthGroupedSampler
 from .stages import StageLRs, param_groups
 
@@ -41,6 +42,12 @@ class EagleTrainer(Trainer):
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             )
         return super()._get_train_sampler(train_dataset)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        # The checkpoint's weights are written, its optimizer and trainer state not yet: the
+        # moment a kill leaves an incomplete checkpoint (tests/test_crash_safety.py kills here).
+        pause_point("checkpoint-weights-saved")
+        return super()._save_optimizer_and_scheduler(output_dir)
 
     def create_optimizer(self, model=None):
         if self.stage_lrs is None or self.optimizer is not None:
