@@ -16,14 +16,18 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command``, only that sub-command's module is imported (the others
+    are listed by name and help text), so ``eagle-hf --help`` and each command start fast."""
     parser = argparse.ArgumentParser(prog="eagle-hf", description="EAGLE for Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue
         module = _load(name)
         if module is None:
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -39,7 +43,9 @@ def _load(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else ""  # "": no sub-command module is needed
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
     except (ValueError, FileNotFoundError, OSError) as err:
