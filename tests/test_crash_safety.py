@@ -181,6 +181,14 @@ def test_save_keeps_a_live_process_temp_folder(tmp_path):
     assert live.is_dir() and not stale.exists()
 
 
+def test_a_rank_that_does_not_save_leaves_the_folder_alone(saves, tmp_path):
+    """``save_pretrained(is_main_process=False)`` on the other ranks of a distributed run must not
+    publish its (empty) temp folder over the main rank's save."""
+    dest = _old_folder(tmp_path, "model")
+    _model(1)[0].save_pretrained(dest, is_main_process=False)
+    assert _snapshot(dest) == saves["model", 0] and _temps(dest) == []
+
+
 def test_failed_write_leaves_the_old_folder(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()

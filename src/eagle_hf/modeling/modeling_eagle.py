@@ -110,6 +110,10 @@ class EaglePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, written into a temp folder and published atomically:
         a process killed while saving leaves the previous folder or the complete new one
         (`eagle_hf.atomic`). Files of the folder that the save does not write are kept."""
+        if not self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
+            # A rank that writes nothing must not publish (and so replace the folder with) its
+            # empty temp folder.
+            return super().save_pretrained(save_directory, *args, **kwargs)
         try:  # imported by name: a remote-code copy of this file (no eagle_hf installed) saves plainly
             atomic_folder = importlib.import_module("eagle_hf.atomic").atomic_folder
         except ImportError:
