@@ -479,11 +479,12 @@ def test_unknown_expert_in_model_config():
 
 def test_checkpoint_with_other_channels_fails_to_load(tmp_path):
     """A checkpoint saved with one expert mix, loaded into a config whose fused width differs:
-    transformers refuses (projector shape mismatch) instead of silently re-initialising."""
+    refused (projector shape mismatch, key and both shapes named) instead of silently re-initialising."""
     seeded_model(preset_config("tiny", experts=["clip", "sam"])).save_pretrained(tmp_path)
     other = preset_config("tiny", experts=["clip", "convnext"])
     other.vision_config.convnext_config.dims = [8, 16, 24, 40]
-    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+    with pytest.raises(ValueError, match=r"multi_modal_projector\.linear_1\.weight: checkpoint \(64, 64\) vs model "
+                                         r"\(64, 72\).*ignore_mismatched_sizes"):
         EagleVLForConditionalGeneration.from_pretrained(tmp_path, config=other)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .modeling.validation import check_processor_matches_model
+
 # model_type values this package can run: native folders and original NVlabs checkpoints.
 EAGLE_MODEL_TYPES = {"eagle_vl": "eagle-hf", "eagle_llama": "original EAGLE"}
 
@@ -138,6 +140,7 @@ def load_model_and_processor(path: str | Path, device: str | torch.device | None
                                                             trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"cannot load the model weights of {path}: {one_line(err)}") from None
+    check_processor_matches_model(processor, model.config, where=f"the processor in {path}")
     model.eval()
     return model, processor
 
@@ -150,7 +153,9 @@ def load_image(source: Any, name: str | None = None) -> Image.Image:
     """An RGB PIL image from a path or a PIL image, with a one-line error for anything unreadable.
     ``name``: how to call the file in messages (default: the path as given)."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB") if source.mode != "RGB" else source
+        from .processing import load_image_rgb  # the processor's mode rules (16-bit, float) apply
+
+        return load_image_rgb(source)
     path = Path(str(source)).expanduser()
     label = name or str(source)
     if not path.exists():

@@ -22,6 +22,7 @@ from .expert_sam import EagleSamExpert  # noqa: F401
 from .expert_timm import EagleTimmExpert  # noqa: F401
 from .fusion import FUSIONS, get_fusion
 from .registry import EXPERT_SLOTS, get_expert, is_registered, list_experts
+from .validation import check_positive_sizes, rope_position_limit
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -110,6 +111,11 @@ class EagleVisionConfig(PreTrainedConfig):
                 del output[slot]
         return output
 
+    def validate_expert_sizes(self):
+        for name in self.expert_order or ():
+            if self.expert_config(name) is not None:
+                check_positive_sizes(self.expert_config(name), f"vision_config.{name}{_SLOT_SUFFIX}")
+
     def expert_config(self, name: str) -> PreTrainedConfig | None:
         return getattr(self, f"{name}{_SLOT_SUFFIX}", None)
 
@@ -149,7 +155,10 @@ class EagleVLConfig(PreTrainedConfig):
     ``projector_type``: ``"mlp"`` (``projector_depth`` Linear layers with ``projector_hidden_act``
     between them; the releases' ``mlp2x_gelu`` is depth 2), ``"linear"`` or ``"identity"``.
     ``model_max_length``: sequence budget after image tokens are inserted (the original's
-    ``tokenizer_model_max_length``); ``None`` means the LLM's ``max_position_embeddings``.
+    ``tokenizer_model_max_length``); ``None`` means the LLM's positions (``max_position_embeddings``,
+    stretched by RoPE scaling when configured).
+    ``projector_expert_order``: the expert order (fused channel layout) the projector was trained on,
+    written by ``save_pretrained`` and checked by ``from_pretrained``.
     """
 
     model_type = "eagle_vl"
@@ -167,12 +176,16 @@ class EagleVLConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     model_max_length: int | None = None
+    projector_expert_order: list[str] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+
+    def validate_text_sizes(self):
+        check_positive_sizes(self.text_config, "text_config")
 
     def validate_projector(self):
         if self.projector_type not in ("mlp", "linear", "identity"):
@@ -191,16 +204,13 @@ class EagleVLConfig(PreTrainedConfig):
         return self.vision_config.num_image_tokens
 
     @property
-    def max_sequence_length(self) -> int:
-        """``model_max_length``, else the LLM's position budget: ``max_position_embeddings``, raised by
-        a RoPE scaling ``factor`` (applied to ``original_max_position_embeddings`` where given)."""
+    def position_limit(self) -> tuple[int, str]:
+        """Tokens a sequence may hold (prompt + generated) and where that number comes from."""
         if self.model_max_length:
-            return self.model_max_length
-        limit = self.text_config.max_position_embeddings
-        rope = getattr(self.text_config, "rope_parameters", None) or {}
-        # One dict, or one per layer type (e.g. {"full_attention": {...}, "sliding_attention": {...}}).
-        for params in [rope] if "rope_type" in rope else [v for v in rope.values() if isinstance(v, dict)]:
-            if params.get("rope_type", "default") != "default" and params.get("factor"):
-                base = params.get("original_max_position_embeddings") or self.text_config.max_position_embeddings
-                limit = max(limit, int(base * params["factor"]))
-        return limit
+            return self.model_max_length, f"model_max_length={self.model_max_length}"
+        return rope_position_limit(self.text_config)
+
+    @property
+    def max_sequence_length(self) -> int:
+        """``model_max_length``, else the LLM's position budget (see ``position_limit``)."""
+        return self.position_limit[0]

@@ -26,6 +26,17 @@ class EagleSamExpertConfig(SamVisionConfig):
 
     pixel_unshuffle: int = 2
 
+    def validate_patch_grid(self):
+        # The patch grid must tile the input and fold evenly into pixel_unshuffle blocks; otherwise
+        # the encoder dies deep in pixel_unshuffle.
+        size, patch, fold = self.input_size, self.patch_size, self.pixel_unshuffle
+        if isinstance(size, int) and isinstance(patch, int) and isinstance(fold, int) and min(size, patch, fold) > 0:
+            if size % patch or (size // patch) % fold:
+                raise ValueError(
+                    f"sam_config.image_size={size} must be a multiple of patch_size ({patch}) times pixel_unshuffle "
+                    f"({fold}), i.e. of {patch * fold}; e.g. image_size={max(1, round(size / (patch * fold))) * patch * fold}"
+                )
+
     @property
     def input_size(self) -> int:
         # SAM's absolute position table fixes the input size.

@@ -28,6 +28,17 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_eagle import EagleVLConfig
 from .modeling_mixture import EagleVisionOutput, EagleVisionTower
+from .registry import list_experts
+from .validation import (
+    check_generation_length,
+    check_image_token_spans,
+    check_labels,
+    check_mismatched_shapes,
+    check_projector_layout,
+    check_text_inputs,
+    check_unlisted_experts,
+    explain_image_token_mismatch,
+)
 
 IGNORE_INDEX = -100
 
@@ -133,16 +144,21 @@ class EaglePreTrainedModel(PreTrainedModel):
         missing)."""
         want_info = kwargs.pop("output_loading_info", False)
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        user_ignores_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         try:
-            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+            # Mismatched shapes are collected (not raised) so that the error can name key and shapes.
+            model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
         except Exception as err:
             broken = _broken_safetensors(source, kwargs.get("subfolder"))
             if broken:
                 raise ValueError(f"{broken} is truncated or corrupt; download or copy it again") from err
             raise
+        order = model.config.vision_config.expert_order
+        check_mismatched_shapes(info, source, order, list_experts(), user_ignores_sizes)
         missing = sorted(k for k in info.get("missing_keys", ()) if not cls._derived_buffers.search(k))
         refused = [k for k in missing if cls._is_base_model_key(model, k)]
-        if refused and not want_info and not kwargs.get("ignore_mismatched_sizes"):
+        if refused and not want_info and not user_ignores_sizes:
             shown = ", ".join(refused[:12]) + (f" ... ({len(refused)} in all)" if len(refused) > 12 else "")
             raise ValueError(
                 f"{source} does not hold all weights of this EAGLE model (is it another expert mix or LLM?): "
@@ -151,7 +167,15 @@ class EaglePreTrainedModel(PreTrainedModel):
             )
         if refused:
             logger.warning(f"{source}: {_describe_missing(refused)} randomly initialised (weights missing)")
+        if not want_info:
+            check_unlisted_experts(info, source, order, list_experts())
+        check_projector_layout(model.config)
         return (model, info) if want_info else model
+
+    def save_pretrained(self, *args, **kwargs):
+        # Record the channel layout the projector's weights belong to; from_pretrained checks it.
+        self.config.projector_expert_order = list(self.config.vision_config.expert_order)
+        return super().save_pretrained(*args, **kwargs)
 
     @classmethod
     def _is_base_model_key(cls, model, key: str) -> bool:
@@ -222,11 +246,14 @@ class EagleVLModel(EaglePreTrainedModel):
         n_tokens = int(mask.sum())
         per_image = self.config.image_seq_length
         if n_tokens != image_features.shape[0]:
+            why = explain_image_token_mismatch(input_ids, n_tokens, image_features.shape[0], per_image, image_token_id,
+                                               self.config.text_config.pad_token_id)
             raise ValueError(
                 f"the text holds {n_tokens} image tokens ({n_tokens / per_image:g} images of {per_image} tokens) but "
                 f"{image_features.shape[0] // per_image} images were given ({image_features.shape[0]} features); "
-                "each image needs exactly one image placeholder expanded by the processor"
+                f"each image needs exactly one image placeholder expanded by the processor{why}"
             )
+        check_image_token_spans(mask, per_image)
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     def embed_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
@@ -255,12 +282,17 @@ class EagleVLModel(EaglePreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs and mm_encoder_outputs.get("image") is not None:
             raise ValueError("pass either pixel_values or precomputed mm_encoder_outputs, not both")
+        # Input checks branch on data: eager only (under torch.compile they would break the graph).
+        eager = not is_torchdynamo_compiling()
+        prefill = eager and (cache is None or cache.get_seq_length() == 0)
+        if eager:
+            check_text_inputs(input_ids, inputs_embeds, attention_mask, self.config.text_config.vocab_size,
+                              self.config.image_token_id, prefill)
         if inputs_embeds is None:
             inputs_embeds = self.embed_text(input_ids)
 
         # The length check runs eagerly only (under torch.compile it would be data-dependent branching).
-        if (not is_torchdynamo_compiling() and inputs_embeds.shape[1] > self.config.max_sequence_length
-                and (cache is None or cache.get_seq_length() == 0)):
+        if prefill and inputs_embeds.shape[1] > self.config.max_sequence_length:
             n_image = int((input_ids == self.config.image_token_id).sum(-1).max()) if input_ids is not None else 0
             raise ValueError(
                 f"the input is {inputs_embeds.shape[1]} tokens ({n_image} of them image tokens) but this model allows "
@@ -350,6 +382,7 @@ class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | EagleCausalLMOutputWithPast:
+        check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
@@ -367,6 +400,15 @@ class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, image_outputs=outputs.image_outputs,
         )
+
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        limit, source = self.config.position_limit
+        if has_default_max_length and generation_config.max_new_tokens is None:
+            # transformers' own default (20 new tokens) stops at the positions instead of refusing.
+            generation_config.max_length = min(generation_config.max_length, limit)
+        check_generation_length(input_ids_length, generation_config.max_length, generation_config.max_new_tokens,
+                                limit, source)
 
     def mask_labels(self, labels: torch.LongTensor, input_ids: torch.LongTensor | None,
                     attention_mask: torch.Tensor | None) -> torch.LongTensor:

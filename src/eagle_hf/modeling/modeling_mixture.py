@@ -12,6 +12,7 @@ from transformers.utils.output_capturing import OutputRecorder
 from .configuration_eagle import EagleVisionConfig
 from .fusion import DeformableFusion, get_fusion, resize_bilinear
 from .registry import get_expert
+from .validation import check_pixel_values
 
 
 @dataclass
@@ -131,15 +132,11 @@ class EagleVisionTower(PreTrainedModel):
         expert.load_tower_weights(source)
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        size = self.config.image_size
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            raise ValueError(f"pixel_values must be a [batch, 3, {size}, {size}] tensor, got {shape}")
-        if tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"pixel_values are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} but this model's experts share a "
-                f"{size}x{size} input; preprocess images with the model's image processor"
-            )
+        device = self.device
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.device != device and any(
+                hasattr(m, "_hf_hook") for m in self.modules()):
+            device = None  # accelerate's device-map hooks move the inputs to each expert themselves
+        check_pixel_values(pixel_values, self.config, device)
 
     def expert_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each expert's input, computing every distinct (size, value space) only once."""

@@ -208,6 +208,20 @@ def get_template(name: str | ConversationTemplate) -> ConversationTemplate:
     return TEMPLATES[key]
 
 
+def resolve_template_name(chat_template: str, image_token: str = "<image>") -> str:
+    """``chat_template`` as Jinja source: a conversation template name (``"llama3"``) is rendered
+    to its Jinja template; a string without Jinja tags that names no template is refused (it would
+    otherwise be rendered as the literal prompt)."""
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    if TEMPLATE_ALIASES.get(chat_template, chat_template) not in TEMPLATES:
+        raise ValueError(
+            f"chat_template={chat_template!r} is neither a Jinja template nor a known conversation template name; "
+            f"known names: {', '.join(list_templates())}"
+        )
+    return jinja_chat_template(chat_template, image_token=image_token)
+
+
 # --------------------------------------------------------------------------------------------------
 # Python renderer
 

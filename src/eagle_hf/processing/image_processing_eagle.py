@@ -24,8 +24,8 @@ Input conversion rules (every input ends up as an 8-bit RGB ``PIL.Image`` before
   with ``round(v / 257)`` after clipping to ``0..65535`` (Pillow's own conversion would clip, turning
   most of a 16-bit image white). Every other mode goes through ``Image.convert("RGB")`` like the original
   code: RGBA/LA/PA **drop the alpha channel** (no compositing, the colour under transparent pixels is
-  kept; this is what the released models were trained with), CMYK/YCbCr/L/P/1/F use Pillow's
-  conversions. EXIF orientation is not applied (the original did not either).
+  kept; this is what the released models were trained with), CMYK/YCbCr/L/P/1 use Pillow's
+  conversions; mode ``F`` (32-bit float) follows the rule of float arrays below (values in ``[0, 1]``). EXIF orientation is not applied (the original did not either).
 * numpy arrays and torch tensors: 2-D ``(H, W)`` greyscale or 3-D with a channel axis of size 1, 3 or 4
   (first or last; when both ends could be channels, numpy is read as ``HWC`` and torch as ``CHW``);
   4 channels are RGBA (alpha dropped). 4-D inputs are batches. dtypes: ``uint8`` as is, ``bool`` →
@@ -218,6 +218,13 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     _check_size(*image.size)
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        # Float images follow the rule of float arrays ([0, 1]); Pillow's own conversion would read
+        # them as 0..255 and turn a [0, 1] image almost black.
+        try:
+            return _array_to_pil(np.asarray(image), channels_first_preferred=False)
+        except ValueError as err:
+            raise ValueError(f"PIL image of mode 'F': {err}; for 0..255 data use image.convert('L')") from None
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image).astype(np.float64)
         values = np.clip(values, 0, 65535)

@@ -16,6 +16,7 @@ need a row for it.
 
 from typing import Any
 
+import numpy as np
 from tokenizers import AddedToken
 
 from transformers.feature_extraction_utils import BatchFeature
@@ -24,7 +25,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 from transformers.utils import logging
 
-from .chat_templates import get_template, jinja_chat_template
+from .chat_templates import get_template, jinja_chat_template, resolve_template_name
 from .image_processing_eagle import (
     EagleImageProcessor,
     EagleImageProcessorKwargs,
@@ -239,6 +240,13 @@ class EagleProcessor(ProcessorMixin):
                                                **kwargs)
         finally:
             self._chat_add_special_tokens = None
+
+    def _resolve_chat_template(self, chat_template):
+        # A conversation template name ("llama3") means its Jinja source, not a literal template.
+        named = isinstance(self.chat_template, dict) and chat_template in self.chat_template
+        if isinstance(chat_template, str) and not named:
+            chat_template = resolve_template_name(chat_template, self.image_token)
+        return super()._resolve_chat_template(chat_template)
 
     def apply_chat_template_with_labels(
         self,
@@ -483,4 +491,9 @@ class EagleProcessor(ProcessorMixin):
                 out["offset_mapping"].append(offsets)
             if return_mm_types:
                 out["mm_token_type_ids"].append(types)
+        if return_tensors is not None:
+            # Integer arrays, so that an empty text gives int64 ids (a list [[]] would become float).
+            for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                if key in out:
+                    out[key] = np.asarray(out[key], dtype=np.int64).reshape(len(encoded), -1)
         return out

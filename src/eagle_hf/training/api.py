@@ -137,6 +137,8 @@ def _load_model_and_processor(opts: TrainOptions, train_examples, precision: dic
     import eagle_hf  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from ..modeling.validation import check_processor_matches_model
+
     if opts.model == "tiny":
         from .tiny import build_tiny
 
@@ -156,6 +158,7 @@ def _load_model_and_processor(opts: TrainOptions, train_examples, precision: dic
         raise FileNotFoundError(f"--model {opts.model!r} is neither 'tiny' nor a saved eagle-hf folder")
     model = AutoModelForImageTextToText.from_pretrained(opts.model, **load_kwargs)
     processor = AutoProcessor.from_pretrained(opts.model)
+    check_processor_matches_model(processor, model.config, where=f"the processor in {opts.model}")
     if stage.quantize_llm_bits:
         from peft import prepare_model_for_kbit_training
 

@@ -159,21 +159,35 @@ def read_rows(source: Any, split: str | None = None, streaming: bool = False) ->
     if not isinstance(source, (str, os.PathLike)):
         return source  # any iterable of dicts
     path = Path(source)
+    if path.suffix in (".json", ".jsonl") and not path.exists():
+        # Not a dataset name either: datasets would go looking for it on the Hub.
+        raise FileNotFoundError(f"data file {source} does not exist")
     if path.is_file() and path.suffix == ".json" and not streaming:
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                             "fix the file, or use .jsonl for one row per line") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 "
+                             "JSON") from None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of rows (use .jsonl for one row per line)")
         return rows
     if path.is_file() and path.suffix == ".jsonl" and not streaming:
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{n}: not a JSON object: {err}") from None
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as err:
+                            raise ValueError(f"{path}:{n}: not a JSON object: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 "
+                             "JSON lines") from None
         return rows
     if datasets is None:
         raise FileNotFoundError(f"{source}: not a .json/.jsonl file, and `datasets` is not installed")

@@ -121,11 +121,17 @@ def load_for_eval(model_dir: str, device: str | None = None, dtype: torch.dtype 
     import eagle_hf  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from ..inference import check_model_folder
+    from ..modeling.validation import check_processor_matches_model
+
+    check_model_folder(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, AutoProcessor.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    check_processor_matches_model(processor, model.config, where=f"the processor in {model_dir}")
+    return model, processor
 
 
 def evaluate(model, processor, data, image_folder=None, batch_size: int = 16, max_new_tokens: int = 16,
