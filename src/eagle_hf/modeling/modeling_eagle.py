@@ -30,6 +30,7 @@ from .configuration_eagle import EagleVLConfig
 from .modeling_mixture import EagleVisionOutput, EagleVisionTower
 from .registry import list_experts
 from .validation import (
+    check_attention_mask_shape,
     check_generation_length,
     check_image_token_spans,
     check_labels,
@@ -400,6 +401,24 @@ class EagleVLForConditionalGeneration(EaglePreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, image_outputs=outputs.image_outputs,
         )
+
+    def _maybe_prepare_encoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name,
+                                                     generation_config):
+        # generate encodes the images here; a request that cannot succeed is refused before that.
+        if model_input_name == "input_ids" and inputs_tensor is not None and inputs_tensor.ndim == 2:
+            batch, length = inputs_tensor.shape
+            mask = model_kwargs.get("attention_mask")
+            # generate drops an all-ones mask and keeps only its length.
+            mask_shape = tuple(mask.shape) if mask is not None else (
+                (batch, generation_config._mask_length) if getattr(generation_config, "_mask_length", None) else ())
+            has_cache = model_kwargs.get("past_key_values") is not None or model_kwargs.get("cache") is not None
+            check_attention_mask_shape(mask_shape, batch, length, exact=not has_cache)
+            if generation_config.max_new_tokens is not None:
+                prompt = max(length, mask_shape[1] if mask_shape else 0)
+                check_generation_length(prompt, prompt + generation_config.max_new_tokens,
+                                        generation_config.max_new_tokens, *self.config.position_limit)
+        return super()._maybe_prepare_encoder_kwargs_for_generation(inputs_tensor, model_kwargs, model_input_name,
+                                                                    generation_config)
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)

@@ -163,12 +163,7 @@ def check_text_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tenso
     if length == 0:
         raise ValueError("input_ids are empty (0 tokens): give the model a prompt (e.g. at least the BOS token)")
     if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
-        mask_batch, mask_length = attention_mask.shape
-        if mask_batch != batch or mask_length < length or (prefill and mask_length != length):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the input is {batch} x {length} tokens; "
-                "the mask needs one entry per token (use the attention_mask the processor returned with input_ids)"
-            )
+        check_attention_mask_shape(tuple(attention_mask.shape), batch, length, exact=prefill)
     if input_ids is not None and prefill:
         if input_ids.is_floating_point():
             raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
@@ -182,6 +177,16 @@ def check_text_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tenso
                 f"(0..{vocab_size - 1}){hint}; use the tokenizer saved with the model, or resize the embeddings "
                 "after adding tokens (model.resize_token_embeddings)"
             )
+
+
+def check_attention_mask_shape(mask_shape: tuple[int, ...], batch: int, length: int, exact: bool) -> None:
+    """A 2-D attention_mask covers every token: exactly the input's length without a cache, the
+    cached plus the new tokens with one."""
+    if len(mask_shape) == 2 and (mask_shape[0] != batch or mask_shape[1] < length or (exact and mask_shape[1] != length)):
+        raise ValueError(
+            f"attention_mask has shape {mask_shape} but the input is {batch} x {length} tokens; the mask needs one "
+            "entry per token (use the attention_mask the processor returned with input_ids)"
+        )
 
 
 def check_labels(labels: torch.Tensor | None, tokens: torch.Tensor | None) -> None:
