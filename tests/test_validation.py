@@ -174,6 +174,8 @@ def test_empty_text_gives_integer_ids_and_a_clear_model_error(tiny_model, tiny_c
     assert processor(text=["", "a b"], padding=True, return_tensors="np")["input_ids"].dtype == np.int64
     with pytest.raises(ValueError, match=r"input_ids are empty \(0 tokens\): give the model a prompt"):
         tiny_model(**out)
+    with pytest.raises(ValueError, match=r"input_ids are empty \(0 tokens\)"):
+        tiny_model.generate(**out, max_new_tokens=3, **GEN)
 
 
 @pytest.mark.parametrize("bad", [256, -100, -1])
