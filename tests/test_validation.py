@@ -116,7 +116,8 @@ def test_generation_limit_follows_rope_scaling():
     model = seeded_model(linear)
     out = model.generate(**_long_prompt(linear, 496), max_new_tokens=60, min_new_tokens=60, **GEN)
     assert out.shape[1] == 556  # past 512 positions: allowed by the scaling
-    with pytest.raises(ValueError, match=r"1024 positions \(text_config\.max_position_embeddings=512 x rope factor 2"):
+    with pytest.raises(ValueError, match=r"1024 positions \(512 x rope factor 2 \(linear; "
+                                         r"text_config\.max_position_embeddings=512\)\)"):
         model.generate(**_long_prompt(linear, 1000), max_new_tokens=60, **GEN)
     # Llama-3.1 style: max_position_embeddings already is the stretched length.
     llama3 = preset_config("tiny", text_config=tiny_text_config(rope_scaling={
