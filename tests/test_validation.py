@@ -277,12 +277,17 @@ def test_chat_does_not_silence_the_shape_report(ckpt, tmp_path, capsys):
     assert re.search(r"error: .*lm_head\.weight: checkpoint \(100, 64\) vs model \(256, 64\)", err), err
 
 
-def test_processor_with_another_image_token_count_is_named(ckpt, tmp_path):
+def _copy_with_json_edit(source, tmp_path, name, **changes):
+    """A copy of the checkpoint folder ``source`` whose JSON file ``name`` has ``changes`` applied."""
     path = tmp_path / "model"
-    shutil.copytree(ckpt[0], path)
-    processor_config = json.loads((path / "processor_config.json").read_text())
-    processor_config["image_seq_length"] = 9
-    (path / "processor_config.json").write_text(json.dumps(processor_config))
+    shutil.copytree(source, path)
+    data = json.loads((path / name).read_text())
+    (path / name).write_text(json.dumps({**data, **changes}))
+    return path
+
+
+def test_processor_with_another_image_token_count_is_named(ckpt, tmp_path):
+    path = _copy_with_json_edit(ckpt[0], tmp_path, "processor_config.json", image_seq_length=9)
     with pytest.raises(ValueError, match=r"inserts 9 image tokens per image \(image_seq_length\) but the model's vision "
                                          r"grid makes 16 \(vision_config\.grid_size=4, 4x4\); build the processor "
                                          r"with image_seq_length=16"):
@@ -298,11 +303,7 @@ def test_model_names_a_processor_image_token_count_mismatch(tiny_model, tiny_con
 
 
 def test_processor_with_another_image_token_id_is_named(ckpt, tmp_path):
-    path = tmp_path / "model"
-    shutil.copytree(ckpt[0], path)
-    config = json.loads((path / "config.json").read_text())
-    config["image_token_index"] = 254
-    (path / "config.json").write_text(json.dumps(config))
+    path = _copy_with_json_edit(ckpt[0], tmp_path, "config.json", image_token_index=254)
     with pytest.raises(ValueError, match=r"writes images as token id 255 \('<image>'\) but the model's "
                                          r"config\.image_token_id is 254"):
         load_model_and_processor(path, "cpu", "float32")
@@ -340,3 +341,13 @@ def test_eval_cli_names_the_malformed_data_file(ckpt, tmp_path, capsys):
                            capsys)
     assert rc == 2
     assert f"error: {bad} is not UTF-8 text" in err
+
+
+def test_train_cli_names_the_malformed_data_file(tmp_path, capsys):
+    bad = tmp_path / "train.json"
+    bad.write_text('[{"id": 1, "conversations": [}]')
+    rc, out, err = run_cli(["train", "--data", str(bad), "--model", "tiny", "--output-dir", str(tmp_path / "out"),
+                            "--max-steps", "1"], capsys)
+    assert rc == 2
+    assert f"eagle-hf train: error: {bad} is not valid JSON (line 1, column 30: Expecting value)" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
