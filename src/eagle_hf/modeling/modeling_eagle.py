@@ -122,6 +122,8 @@ class EaglePreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, written into a temp folder and published atomically:
         a process killed while saving leaves the previous folder or the complete new one
         (`eagle_hf.atomic`). Files of the folder that the save does not write are kept."""
+        # Record the channel layout the projector's weights belong to; from_pretrained checks it.
+        self.config.projector_expert_order = list(self.config.vision_config.expert_order)
         if not self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
             # A rank that writes nothing must not publish (and so replace the folder with) its
             # empty temp folder.
@@ -172,11 +174,6 @@ class EaglePreTrainedModel(PreTrainedModel):
             check_unlisted_experts(info, source, order, list_experts())
         check_projector_layout(model.config)
         return (model, info) if want_info else model
-
-    def save_pretrained(self, *args, **kwargs):
-        # Record the channel layout the projector's weights belong to; from_pretrained checks it.
-        self.config.projector_expert_order = list(self.config.vision_config.expert_order)
-        return super().save_pretrained(*args, **kwargs)
 
     @classmethod
     def _is_base_model_key(cls, model, key: str) -> bool:
