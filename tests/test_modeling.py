@@ -25,7 +25,7 @@ from eagle_hf.modeling.registry import get_expert
 
 GEN = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=PAD_ID)
 
-EXPERT_BLOCKS = {"clip": "CLIPEncoderLayer", "convnext": "ConvNeXtBlock", "sam": "SamVisionLayer",
+EXPERT_BLOCKS = {"clip": "CLIPEncoderLayer", "convnext": "ConvNeXtBlock", "sam": "EagleSamVisionLayer",
                  "pix2struct": "Pix2StructVisionLayer", "eva": "EagleEvaBlock"}
 
 

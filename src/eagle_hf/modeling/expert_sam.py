@@ -10,7 +10,6 @@ from transformers.models.sam.modeling_sam import (
     SamVisionAttention,
     SamVisionEncoder,
     SamVisionLayer,
-    SamVisionSdpaAttention,
 )
 
 from .registry import VisionExpertMixin, register_expert
@@ -76,18 +75,85 @@ class EagleChannelsFirstLayerNorm(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+def decomposed_rel_pos_bias(attn: SamVisionAttention, query: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """SAM's decomposed relative-position bias ``[B, heads, h*w, h*w]``, written once into one
+    contiguous buffer. (The broadcast sum transformers forms is not contiguous, so reshaping it for
+    the attention mask copies the whole ``heads x L x L`` tensor again: 1 GiB per global layer.)"""
+    batch, heads, _, head_dim = query.shape
+    query = query.reshape(batch, heads, height, width, head_dim)
+    # einsum returns permuted strides; with both terms contiguous (they are small) the broadcast
+    # sum is laid out contiguously and the reshape below is a view.
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", query, attn.get_rel_pos(height, height, attn.rel_pos_h)).contiguous()
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", query, attn.get_rel_pos(width, width, attn.rel_pos_w)).contiguous()
+    bias = rel_h[..., :, None] + rel_w[..., None, :]
+    return bias.view(batch, heads, height * width, height * width)
+
+
 class EagleSamVisionAttention(SamVisionAttention):
     """SAM's attention, choosing eager or SDPA when called: transformers' SAM picks the class once
-    at construction, so `set_attn_implementation` would not reach it."""
+    at construction, so `set_attn_implementation` would not reach it.
+
+    The SDPA path moves less data than transformers' (same weights, same numbers):
+
+    * the relative-position bias is built once, contiguously, as SDPA's ``attn_mask``;
+    * called with ``window_size`` (by `EagleSamVisionLayer`), it applies ``qkv`` before the window
+      partition and ``proj`` after it: per-token linear maps commute with it, and a zero-padded
+      (normed) token's ``qkv`` is just the bias, so padded tokens cost no matmul (64 -> 70 pads
+      16 % of the tokens at full size) and each direction of the partition is one copy."""
 
     def __init__(self, config: EagleSamExpertConfig, window_size: int):
         super().__init__(config, window_size)
         self.config = config
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions=None):
+    def forward(self, hidden_states: torch.Tensor, output_attentions=None, window_size: int = 0):
         if self.config._attn_implementation == "eager":
             return SamVisionAttention.forward(self, hidden_states, output_attentions)
-        return SamVisionSdpaAttention.forward(self, hidden_states, output_attentions)
+        batch, height, width, channels = hidden_states.shape
+        heads, window = self.num_attention_heads, window_size
+        qkv = self.qkv(hidden_states)
+        if window > 0:
+            pad_height, pad_width = -(-height // window) * window, -(-width // window) * window
+            if (pad_height, pad_width) != (height, width):
+                padded = qkv.new_empty(batch, pad_height, pad_width, 3 * channels)
+                fill = self.qkv.bias if self.qkv.bias is not None else 0.0
+                padded[:, height:] = fill
+                padded[:, :height, width:] = fill
+                padded[:, :height, :width] = qkv
+                qkv = padded
+            rows, cols = pad_height // window, pad_width // window
+            qkv = qkv.view(batch, rows, window, cols, window, 3 * channels).transpose(2, 3)
+            tokens_h = tokens_w = window
+        else:
+            rows = cols = 1
+            tokens_h, tokens_w = height, width
+        qkv = qkv.reshape(batch * rows * cols, tokens_h * tokens_w, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        bias = decomposed_rel_pos_bias(self, query, tokens_h, tokens_w) if self.use_rel_pos else None
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+        out = out.transpose(1, 2)  # [windows, tokens, heads, head_dim]
+        if window > 0:
+            out = out.reshape(batch, rows, cols, window, window, channels).transpose(2, 3)
+            out = out.reshape(batch, rows * window, cols * window, channels)[:, :height, :width]
+        else:
+            out = out.reshape(batch, height, width, channels)
+        return self.proj(out), None
+
+
+class EagleSamVisionLayer(SamVisionLayer):
+    """`SamVisionLayer` that, under SDPA, hands the window partition to its attention (see
+    `EagleSamVisionAttention`); with ``attn_implementation="eager"`` transformers' path runs as is."""
+
+    def __init__(self, config: EagleSamExpertConfig, window_size: int):
+        super().__init__(config, window_size)
+        self.attn = EagleSamVisionAttention(config, window_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.attn.config._attn_implementation == "eager":
+            return super().forward(hidden_states)
+        attn_output, _ = self.attn(self.layer_norm1(hidden_states), window_size=self.window_size)
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
 # facebook/sam-vit-large image encoder.
@@ -104,12 +170,15 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=
                  tiny=TINY, full_size=FULL_SIZE)
 class EagleSamExpert(VisionExpertMixin, SamVisionEncoder):
     config: EagleSamExpertConfig
-    _no_split_modules = ["SamVisionLayer"]
-    _can_record_outputs = {"hidden_states": SamVisionLayer, "attentions": EagleSamVisionAttention}
+    _no_split_modules = ["EagleSamVisionLayer"]
+    _can_record_outputs = {"hidden_states": EagleSamVisionLayer, "attentions": EagleSamVisionAttention}
 
     def __init__(self, config: EagleSamExpertConfig):
         super().__init__(config)
         for layer in self.layers:
+            # eagle-hf's layer forward on the modules already built (swapping the class, not
+            # rebuilding the layer, so the encoder is not allocated twice)
+            layer.__class__ = EagleSamVisionLayer
             layer.attn = EagleSamVisionAttention(config, layer.window_size)
         self.neck = EagleSamShortNeck(config)
         self.post_init()
