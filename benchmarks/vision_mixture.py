@@ -31,7 +31,8 @@ def build_tower(preset: str, dtype: torch.dtype, device: str):
 
     torch.manual_seed(0)
     cfg = vision_preset(preset)
-    tower = EagleVisionTower(cfg).to(device=device, dtype=dtype).eval()
+    # Built directly in `dtype` (no float32 build then cast, which would double the peak memory).
+    tower = EagleVisionTower._from_config(cfg, dtype=dtype).to(device).eval()
     return tower
 
 

@@ -83,6 +83,39 @@ def test_from_pretrained_device_map_cpu(saved_tiny):
     assert torch.equal(logits_of(loaded, inputs), logits)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_pretrained_in_half_precision_builds_no_float32_weights(saved_tiny, dtype):
+    """`from_pretrained(dtype=bf16/fp16)` builds on the meta device and materialises every parameter
+    directly in that dtype (a float32 build then cast would double the peak memory), keeps the
+    derived float32 tables (RoPE, normalisation constants) float32 (`.to(dtype)` would round
+    them), and has the float32 model's weights cast to that dtype."""
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    path, _, inputs, _, fp32_model = saved_tiny
+    registered = []
+    hook = register_module_parameter_registration_hook(
+        lambda module, name, param: registered.append((name, param.dtype, param.device.type)))
+    try:
+        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).eval()
+    finally:
+        hook.remove()
+    real = [(name, dt) for name, dt, device in registered if device != "meta"]
+    assert real, "no parameter was materialised"
+    assert {dt for _, dt in real} == {dtype}, sorted({(n, dt) for n, dt in real if dt != dtype})[:5]
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    assert {b.dtype for n, b in loaded.named_buffers() if "freqs_" in n or n.endswith(("image_mean", "image_std"))} \
+        == {torch.float32}
+    cast = EagleVLForConditionalGeneration.from_pretrained(path).to(dtype).eval()
+    for (name, a), b in zip(loaded.named_parameters(), cast.parameters()):
+        assert torch.equal(a, b), name
+    if dtype == torch.bfloat16:  # CPU half-precision matmuls: bf16 only
+        with torch.no_grad():
+            ours = loaded(**{**inputs, "pixel_values": inputs["pixel_values"].to(dtype)}).logits.float()
+            ref = fp32_model(**inputs).logits
+        assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+        assert (ours - ref).abs().max() < 0.1 * ref.abs().max()
+
+
 def test_meta_device_init_creates_no_real_tensors():
     with torch.device("meta"):
         model = EagleVLForConditionalGeneration(preset_config("tiny"))
