@@ -1,0 +1,61 @@
+"""The benchmark scripts that cannot be timed here run end to end on tiny models, so that they are
+known to work before the hardware they are meant for is available."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _llm_matmul_params(text: dict) -> int:
+    """Weights of the Llama decoder's matmuls (projections, MLP, lm_head), from its config."""
+    hidden, inter, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+    head = hidden // text["num_attention_heads"]
+    kv = text["num_key_value_heads"] * head
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter
+    return layers * per_layer + hidden * text["vocab_size"]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_the_cpu_with_tiny_models(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from gpu import TINY_LLM
+
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--device", "cpu", "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
+    assert result["device"] == "cpu" and result["dtype"] == "bfloat16" and result["tiny"] is True
+    peak = result["matmul_peak"]["tflops"]
+    assert peak > 0
+
+    mix = result["mixture"]
+    assert sorted(mix) == ["1", "8"]
+    # FLOPs are counted per batch: eight images cost exactly eight times one.
+    assert mix["8"]["flops"] == 8 * mix["1"]["flops"] > 0
+    for row in mix.values():
+        assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["seconds"])
+        assert row["fraction_of_peak"] == pytest.approx(row["flops"] / row["seconds"] / 1e12 / peak)
+        assert row["peak_memory_gib"] > 0
+    assert "skipped" in result["original_vs_eagle_hf"]  # no original venv given
+
+    gen = result["generation"]
+    assert [r["batch_size"] for r in gen] == [1, 8]
+    for row in gen:
+        assert row["vision_calls_per_generate"] == 1
+        assert row["tokens_per_s"] == pytest.approx(row["batch_size"] * row["new_tokens"] / row["total_s"], rel=0.02)
+
+    train = result["training"]
+    assert train["gradient_checkpointing"] is True
+    assert train["tokens"] == train["batch_size"] * train["seq_len"]
+    assert train["model_flops"] == 3 * train["forward_flops"]
+    # The LLM alone costs 2 FLOPs per matmul weight per token; the experts add more on top.
+    assert train["forward_flops"] > 2 * _llm_matmul_params(TINY_LLM) * train["tokens"]
+    assert train["mfu_vs_measured_peak"] == pytest.approx(train["model_flops"] / train["seconds"] / 1e12 / peak)
+    assert result["peak_memory_gib"] >= max(r["peak_memory_gib"] for r in gen)
