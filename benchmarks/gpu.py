@@ -12,8 +12,8 @@ Measured, in this order (each phase frees its model before the next one is built
   ``--dtype`` with SDPA attention, forward at batch 1 and 8: seconds, images/s, FLOPs counted
   with PyTorch's FlopCounterMode, TFLOP/s, fraction of the measured peak, peak memory.
 * ``original_vs_eagle_hf``: with ``--original-python``/``--original-repo``, the original NVlabs
-  tower in its own venv against eagle-hf on the same input (``benchmarks/original/side_by_side.py``);
-  otherwise the reason it was skipped.
+  code in its own venv against eagle-hf on the same input and weights, alternating
+  (``benchmarks/original/side_by_side.py``; today the SAM expert); otherwise why it was skipped.
 * ``generation``: X5 + a 7B-shaped random Llama (``--tiny``: tiny), greedy decoding at batch 1
   and 8: tokens/s, time to first token (vision / prefill), vision-tower calls per ``generate``.
 * ``training``: one full fine-tuning step (forward, backward, AdamW) of the same model with
