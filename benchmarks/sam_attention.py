@@ -24,9 +24,8 @@ from _common import machine, timed  # noqa: E402
 def main(argv=None):
     from transformers.models.sam.modeling_sam import SamVisionLayer
 
-    from eagle_hf.modeling.configuration_eagle import FULL_SIZE_EXPERTS
     from eagle_hf.modeling.expert_sam import EagleSamExpertConfig, EagleSamVisionLayer
-    from eagle_hf.modeling.presets import TINY_EXPERTS
+    from eagle_hf.modeling.registry import get_expert
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true")
@@ -34,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
-    cfg = EagleSamExpertConfig(**(TINY_EXPERTS if args.tiny else FULL_SIZE_EXPERTS)["sam"])
+    cfg = EagleSamExpertConfig(**get_expert("sam").preset("tiny" if args.tiny else "full_size"))
     cfg._attn_implementation = "sdpa"
     side = cfg.image_size // cfg.patch_size
     torch.manual_seed(0)

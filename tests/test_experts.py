@@ -272,14 +272,14 @@ def test_sam_layer_matches_transformers_sam_layer(window_size, reference_impl):
 
     from eagle_hf.modeling.expert_sam import EagleSamExpertConfig, EagleSamVisionLayer
 
-    cfg = EagleSamExpertConfig(**{**TINY_EXPERTS["sam"], "image_size": 48})
+    cfg = EagleSamExpertConfig(**{**get_expert("sam").preset("tiny"), "image_size": 48})
     cfg._attn_implementation = reference_impl
     torch.manual_seed(0)
     reference = SamVisionLayer(cfg, window_size=window_size).double()
     with torch.no_grad():
         for p in reference.parameters():
             p.normal_(0, 0.3)
-    cfg_ours = EagleSamExpertConfig(**{**TINY_EXPERTS["sam"], "image_size": 48})
+    cfg_ours = EagleSamExpertConfig(**{**get_expert("sam").preset("tiny"), "image_size": 48})
     cfg_ours._attn_implementation = "sdpa"
     ours = EagleSamVisionLayer(cfg_ours, window_size=window_size).double()
     ours.load_state_dict(reference.state_dict())
@@ -302,7 +302,7 @@ def test_sam_expert_fp32_matches_the_library_encoder_path():
     through transformers' eager SAM layers (decomposed bias added to materialised scores)."""
     fast = tiny_expert("sam")
     spec = get_expert("sam")
-    cfg = spec.config_class(**TINY_EXPERTS["sam"])
+    cfg = spec.config_class(**get_expert("sam").preset("tiny"))
     cfg._attn_implementation = "eager"
     eager = spec.model_class(cfg).eval()
     eager.load_state_dict(fast.state_dict())

@@ -30,10 +30,10 @@ HERE = Path(__file__).resolve()
 
 def sam_config(tiny: bool) -> dict:
     sys.path.insert(0, str(HERE.parents[2] / "src"))
-    from eagle_hf.modeling.configuration_eagle import FULL_SIZE_EXPERTS
-    from eagle_hf.modeling.presets import TINY_EXPERTS
+    import eagle_hf  # noqa: F401  (registers the experts)
+    from eagle_hf.modeling.registry import get_expert
 
-    cfg = dict((TINY_EXPERTS if tiny else FULL_SIZE_EXPERTS)["sam"])
+    cfg = get_expert("sam").preset("tiny" if tiny else "full_size")
     cfg.pop("pixel_unshuffle", None)
     return cfg
 
