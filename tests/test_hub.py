@@ -171,7 +171,7 @@ def test_export_for_remote_code_files_and_auto_map(remote, tiny):
     for cls in (type(model.config), type(model), type(processor), type(processor.image_processor)):
         assert cls.__dict__.get("_auto_class") is None
     for obj in (model.config, processor, processor.image_processor):
-        assert "auto_map" not in obj.__dict__
+        assert not obj.__dict__.get("auto_map")
 
 
 def test_remote_code_loads_without_eagle_hf(remote, tiny, tmp_path):

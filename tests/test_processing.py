@@ -20,6 +20,7 @@ from eagle_hf.processing import (
     IGNORE_INDEX,
     EagleImageProcessor,
     EagleProcessor,
+    jinja_chat_template,
     render_with_spans,
 )
 
@@ -365,7 +366,14 @@ def test_llama3_double_bos_is_kept_like_the_original():
     assert out["input_ids"][0][:3] == [bos, bos, tokenizer.convert_tokens_to_ids("<|start_header_id|>")]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert out["input_ids"] == processor(images=Image.fromarray(rgb()), text=text)["input_ids"]
-    single = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+    # The template itself starts with the BOS string (the tokenizer adds one), so tokenising without special
+    # tokens, as TRL does, gives the same ids; a template without it gives the single BOS of the text.
+    assert processor.chat_template.count("bos_token") == 1 and text.startswith(2 * tokenizer.bos_token)
+    plain = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                          processor_kwargs={"add_special_tokens": False})
+    assert plain["input_ids"] == out["input_ids"]
+    single = processor.apply_chat_template(messages, chat_template=jinja_chat_template("llama3"),
+                                           add_generation_prompt=True, tokenize=True, return_dict=True,
                                            processor_kwargs={"add_special_tokens": False})
     assert single["input_ids"][0][:2] == [bos, tokenizer.convert_tokens_to_ids("<|start_header_id|>")]
 
@@ -466,7 +474,8 @@ def test_apply_chat_template_loads_images_from_content(tmp_path):
         out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                             return_tensors="pt")
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        assert prompt == "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nWhat?" \
+        # The test tokenizer adds a BOS, so the template starts with its string.
+        assert prompt == "<s><|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nWhat?" \
                          "<|im_end|><|im_start|>assistant\n"
         direct = processor(images=Image.fromarray(array), text=prompt, return_tensors="pt")
         assert torch.equal(out["input_ids"], direct["input_ids"])

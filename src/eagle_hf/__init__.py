@@ -61,6 +61,11 @@ def _register() -> None:
         head = lazy_content(module.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
         head.add(_CONFIGS["eagle_vl"], f"{_MODEL}:EagleVLForConditionalGeneration")
         head.add(_CONFIGS["eagle_llama"], f"{_LEGACY}:EagleLlamaForConditionalGeneration")
+        # Like transformers' own Gemma-3 / Mistral-3: tools that load "a causal LM" by path (TRL's
+        # create_model_from_path falls back to AutoModelForCausalLM) get the full model with its head.
+        causal = lazy_content(module.MODEL_FOR_CAUSAL_LM_MAPPING)
+        causal.add(_CONFIGS["eagle_vl"], f"{_MODEL}:EagleVLForConditionalGeneration")
+        causal.add(_CONFIGS["eagle_llama"], f"{_LEGACY}:EagleLlamaForConditionalGeneration")
 
     def processors(module):
         content = lazy_content(module.PROCESSOR_MAPPING)

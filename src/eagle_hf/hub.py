@@ -369,7 +369,9 @@ def _auto_classes(pairs, objects):
     save records ``auto_map`` on the saved objects; left behind, every later save in this
     process would write code files or an ``auto_map`` that points at files it did not write."""
     saved = [(cls, cls.__dict__.get("_auto_class", _MISSING)) for cls, _ in pairs]
-    maps = [(obj, obj.__dict__.get("auto_map", _MISSING)) for obj in objects]
+    # Copies: save_pretrained adds its entries to an existing auto_map in place.
+    maps = [(obj, dict(obj.auto_map) if isinstance(obj.__dict__.get("auto_map"), dict) else
+             obj.__dict__.get("auto_map", _MISSING)) for obj in objects]
     try:
         for cls, auto in pairs:
             cls.register_for_auto_class(auto)

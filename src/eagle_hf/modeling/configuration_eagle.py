@@ -163,6 +163,7 @@ class EagleVLConfig(PreTrainedConfig):
 
     model_type = "eagle_vl"
     attribute_map = {"image_token_id": "image_token_index"}
+
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(EagleVisionConfig),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
@@ -183,6 +184,16 @@ class EagleVLConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        # Only remote-code exports carry an auto_map, but tools read `config.auto_map` unguarded (TRL 1.16,
+        # trl/trainer/utils.py:1359 in create_model_from_path): an empty one, never saved (see to_dict).
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = {}
+
+    def to_dict(self):
+        output = super().to_dict()
+        if not output.get("auto_map"):
+            output.pop("auto_map", None)
+        return output
 
     def validate_text_sizes(self):
         check_positive_sizes(self.text_config, "text_config")

@@ -77,6 +77,15 @@ def _padding_mode(padding: Any) -> str | None:
     raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
 
 
+def _tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` puts the BOS token in front by itself (Llama/Vicuna do, Qwen does not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
 class EagleProcessor(ProcessorMixin):
     r"""Builds EAGLE model inputs (``input_ids``, ``attention_mask``, ``pixel_values``).
 
@@ -110,10 +119,11 @@ class EagleProcessor(ProcessorMixin):
             image_processor = EagleImageProcessor()
         if not isinstance(image_seq_length, int) or image_seq_length < 1:
             raise ValueError(f"image_seq_length must be a positive int, got {image_seq_length!r}")
+        self.adds_bos = _tokenizer_adds_bos(tokenizer)
         if template_name is not None:
             get_template(template_name)  # fail early on unknown names
             if chat_template is None:
-                chat_template = jinja_chat_template(template_name, image_token=image_token)
+                chat_template = jinja_chat_template(template_name, image_token=image_token, bos_token=self.adds_bos)
         self.image_token = image_token
         self.image_seq_length = image_seq_length
         self.template_name = template_name
@@ -394,7 +404,18 @@ class EagleProcessor(ProcessorMixin):
         return flat
 
     def _encode(self, text: str, add_special_tokens: bool, return_offsets: bool) -> dict[str, Any]:
-        """``tokenizer_image_token`` with ``image_seq_length`` image ids per placeholder."""
+        """``tokenizer_image_token`` with ``image_seq_length`` image ids per placeholder.
+
+        A chat template may start the prompt with the BOS string (so that tools tokenising with
+        ``add_special_tokens=False`` get it); when the tokenizer adds its own BOS that textual copy is
+        dropped, so the ids are the same either way (and Llama-3's literal ``<|begin_of_text|>`` after
+        it still gives the original's two BOS).
+        """
+        origin = 0
+        bos_text = self.tokenizer.bos_token
+        if add_special_tokens and bos_text and self.adds_bos and text.startswith(bos_text):
+            origin = len(bos_text)
+            text = text[origin:]
         chunks = text.split(self.image_token)
         call_kwargs = {"add_special_tokens": add_special_tokens}
         if return_offsets:
@@ -408,13 +429,16 @@ class EagleProcessor(ProcessorMixin):
         ids: list[int] = [bos] if skip else []
         offsets: list[tuple[int, int]] = [(0, 0)] if skip else []
         image_spans: list[tuple[int, int]] = []
-        chunk_start = 0
+        chunk_start = origin  # offsets are in characters of the text as given
         for index, (cids, coffs) in enumerate(zip(chunk_ids, chunk_offsets)):
             if index > 0:
                 placeholder = (chunk_start - len(self.image_token), chunk_start)
                 image_spans.append((len(ids), len(ids) + self.image_seq_length))
                 ids.extend([self.image_token_id] * self.image_seq_length)
                 offsets.extend([placeholder] * self.image_seq_length)
+                # Later chunks lose only a BOS the tokenizer put there (the original dropped their first
+                # token whenever the first chunk began with BOS, a real token when that BOS was text).
+                skip = 1 if add_special_tokens and self.adds_bos and cids[:1] == [bos] else 0
             ids.extend(cids[skip:])
             offsets.extend(
                 (0, 0) if start == end else (start + chunk_start, end + chunk_start) for start, end in coffs[skip:]

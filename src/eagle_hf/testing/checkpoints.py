@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -37,11 +37,13 @@ our their here where when why who which that these those some any all each every
 
 
 def build_tiny_tokenizer(vocab_size: int = 256, model_max_length: int = 512,
-                         padding_side: str = "left") -> PreTrainedTokenizerFast:
+                         padding_side: str = "left", add_bos: bool = False) -> PreTrainedTokenizerFast:
     """A word-level tokenizer with exactly ``vocab_size`` ids; ``<image>`` is the last one.
 
     Ids 0..3 are unk/bos/eos/pad. Left padding is the default because the folder is used for
-    batched generation (the image-text-to-text pipeline pads with the tokenizer's side).
+    batched generation (the image-text-to-text pipeline pads with the tokenizer's side). With
+    ``add_bos`` it puts ``<s>`` in front of every text, as the Llama/Vicuna tokenizers of the
+    released models do.
     """
     words = list(dict.fromkeys(_WORDS))
     room = vocab_size - len(SPECIAL_TOKENS) - 1
@@ -52,6 +54,10 @@ def build_tiny_tokenizer(vocab_size: int = 256, model_max_length: int = 512,
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS.values(), *words, IMAGE_TOKEN])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if add_bos:
+        bos = SPECIAL_TOKENS["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, model_max_length=model_max_length, padding_side=padding_side,
         extra_special_tokens={"image_token": IMAGE_TOKEN}, **SPECIAL_TOKENS,
@@ -72,14 +78,15 @@ def make_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
 
 
 def build_tiny_processor(config, template_name: str = "vicuna_v1", chat_template: str | None = None,
-                         model_max_length: int | None = None):
+                         model_max_length: int | None = None, add_bos: bool = False):
     """`EagleProcessor` for a tiny config: an image processor at the mixture's input size and the
     offline tokenizer. ``template_name``: one of the original conversation templates;
     ``chat_template``: a Jinja string that replaces it."""
     from ..processing import EagleImageProcessor, EagleProcessor
 
     tokenizer = build_tiny_tokenizer(
-        config.text_config.vocab_size, model_max_length=model_max_length or config.max_sequence_length)
+        config.text_config.vocab_size, model_max_length=model_max_length or config.max_sequence_length,
+        add_bos=add_bos)
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != config.image_token_id:
         raise ValueError(f"config.image_token_id {config.image_token_id} is not the tokenizer's <image> id")
     image_processor = EagleImageProcessor(size=config.vision_config.image_size,
@@ -92,11 +99,12 @@ def build_tiny_processor(config, template_name: str = "vicuna_v1", chat_template
 
 def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, experts: list[str] | None = None,
                           template_name: str = "vicuna_v1", max_position_embeddings: int = 512,
-                          max_new_tokens: int = 16, model_card: bool = False):
+                          max_new_tokens: int = 16, model_card: bool = False, add_bos: bool = False):
     """Save a complete tiny eagle-hf release to ``path`` and return ``(model, processor)``.
 
     The folder holds config.json, model.safetensors, the processor (image processor,
     tokenizer, chat template) and generation_config.json; with ``model_card`` also README.md.
+    ``add_bos``: the tokenizer adds ``<s>`` like the released Llama-family tokenizers.
     """
     from .. import EagleVLForConditionalGeneration, preset_config
 
@@ -114,7 +122,7 @@ def build_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, experts: list[
         bos_token_id=tokenizer_ids.bos_token_id, eos_token_id=tokenizer_ids.eos_token_id,
         pad_token_id=tokenizer_ids.pad_token_id, max_new_tokens=max_new_tokens, do_sample=False,
     )
-    processor = build_tiny_processor(config, template_name=template_name)
+    processor = build_tiny_processor(config, template_name=template_name, add_bos=add_bos)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
