@@ -11,6 +11,7 @@ COMMANDS = {
     "eval": "Generate answers for a LLaVA-format test set and score them.",
     "chat": "Chat with an EAGLE model in the terminal.",
     "demo": "Start the Gradio web demo on localhost.",
+    "serve": "Serve a model with an OpenAI-compatible API (transformers' server).",
     "push": "Upload a saved model folder to the Hugging Face Hub.",
     "quickstart": "Make a synthetic VQA set, train the tiny model on the CPU, evaluate it.",
 }
