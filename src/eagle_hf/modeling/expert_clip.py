@@ -52,6 +52,37 @@ class EagleClipExpertConfig(CLIPVisionConfig):
         return k if k >= 0 else self.num_hidden_layers + 1 + k
 
 
+class EagleClipEmbeddings(CLIPVisionEmbeddings):
+    """CLIP's patch + class + position embeddings, with the original HR-CLIP resampling of the position
+    table. Its own forward (same weights and names as `CLIPVisionEmbeddings`), so that accelerate's
+    offload hooks, which load a module's weights when it is called, see every weight used here."""
+
+    def position_table(self, grid: int, dtype: torch.dtype) -> torch.Tensor:
+        table = self.position_embedding(self.position_ids[0])  # called, not `.weight`: see the class docstring
+        cls_pos, patch_pos = table[:1], table[1:]
+        trained = int(round(patch_pos.shape[0] ** 0.5))
+        if trained != grid:
+            # Same resampling as the original HR-CLIP tower: bicubic with antialias, in float32.
+            dim = patch_pos.shape[-1]
+            grid_pos = patch_pos.reshape(1, trained, trained, dim).permute(0, 3, 1, 2).float()
+            grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+            patch_pos = grid_pos.permute(0, 2, 3, 1).reshape(grid * grid, dim).to(table.dtype)
+        return torch.cat([cls_pos, patch_pos]).to(dtype)
+
+    def forward(self, pixel_values: torch.Tensor, keep_cls: bool = False) -> tuple[torch.Tensor, int, int]:
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        grid_h, grid_w = patches.shape[-2:]
+        if grid_h != grid_w:
+            raise ValueError(f"CLIP expert expects a square input, got a {grid_h}x{grid_w} patch grid")
+        patches = patches.flatten(2).transpose(1, 2)
+        pos = self.position_table(grid_h, patches.dtype)
+        hidden = patches + pos[1:]
+        if keep_cls:
+            cls = (self.class_embedding.to(patches.dtype) + pos[0]).expand(patches.shape[0], 1, -1)
+            hidden = torch.cat([cls, hidden], dim=1)
+        return hidden, grid_h, grid_w
+
+
 # openai/clip-vit-large-patch14-336, run at 336 px as EAGLE's "clip-448" does.
 FULL_SIZE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                  patch_size=14, image_size=336, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768)
@@ -69,7 +100,7 @@ class EagleClipExpert(VisionExpertMixin, CLIPPreTrainedModel):
 
     def __init__(self, config: EagleClipExpertConfig):
         super().__init__(config)
-        self.embeddings = CLIPVisionEmbeddings(config)
+        self.embeddings = EagleClipEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -84,31 +115,9 @@ class EagleClipExpert(VisionExpertMixin, CLIPPreTrainedModel):
             unused += list(self.post_layernorm.parameters())
         return unused
 
-    def _position_table(self, grid: int, dtype: torch.dtype) -> torch.Tensor:
-        table = self.embeddings.position_embedding.weight
-        cls_pos, patch_pos = table[:1], table[1:]
-        trained = int(round(patch_pos.shape[0] ** 0.5))
-        if trained != grid:
-            # Same resampling as the original HR-CLIP tower: bicubic with antialias, in float32.
-            dim = patch_pos.shape[-1]
-            grid_pos = patch_pos.reshape(1, trained, trained, dim).permute(0, 3, 1, 2).float()
-            grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
-            patch_pos = grid_pos.permute(0, 2, 3, 1).reshape(grid * grid, dim).to(table.dtype)
-        return torch.cat([cls_pos, patch_pos]).to(dtype)
-
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         cfg = self.config
-        emb = self.embeddings
-        patches = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype))
-        grid_h, grid_w = patches.shape[-2:]
-        if grid_h != grid_w:
-            raise ValueError(f"CLIP expert expects a square input, got a {grid_h}x{grid_w} patch grid")
-        patches = patches.flatten(2).transpose(1, 2)
-        pos = self._position_table(grid_h, patches.dtype)
-        cls = (emb.class_embedding.to(patches.dtype) + pos[0]).expand(patches.shape[0], 1, -1)
-        hidden = patches + pos[1:]
-        if not cfg.drop_cls_before_encoder:
-            hidden = torch.cat([cls, hidden], dim=1)
+        hidden, grid_h, grid_w = self.embeddings(pixel_values, keep_cls=not cfg.drop_cls_before_encoder)
         hidden = self.pre_layrnorm(hidden)
         for layer in self.encoder.layers[: cfg.num_layers_used]:
             hidden = layer(hidden, None, **kwargs)

@@ -135,9 +135,11 @@ class EagleEvaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: EagleEvaRope, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, n, dim = x.shape
-        q = F.linear(x, self.q_proj.weight, self.q_bias)
-        k = F.linear(x, self.k_proj.weight)
-        v = F.linear(x, self.v_proj.weight, self.v_bias)
+        # Call the projections (not F.linear on their .weight): accelerate's offload hooks load a
+        # module's weights only when that module runs.
+        q = self.q_proj(x) + self.q_bias
+        k = self.k_proj(x)
+        v = self.v_proj(x) + self.v_bias
         q, k, v = (t.reshape(batch, n, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         q = rope(q).type_as(v)
         k = rope(k).type_as(v)

@@ -180,10 +180,11 @@ class EagleVisionTower(PreTrainedModel):
             else:
                 feature_map = self.experts[name](x)
             if keep_maps:
-                maps[name] = feature_map
+                maps[name] = feature_map.to(pixel_values.device)
             if feature_map.shape[-2:] != (grid, grid):
                 feature_map = resize_bilinear(feature_map, grid, pixel_values.dtype)
-            blocks[name] = feature_map.flatten(2).transpose(1, 2).to(pixel_values.dtype)
+            # With a device_map, experts may sit on different devices: fuse on the input's device.
+            blocks[name] = feature_map.flatten(2).transpose(1, 2).to(pixel_values.device, pixel_values.dtype)
         fused = self.fusion(blocks, maps if keep_maps else None)
         return EagleVisionOutput(last_hidden_state=fused, expert_features=blocks if output_expert_features else None,
                                  hidden_states=recorded.get("hidden_states"), attentions=recorded.get("attentions"))
