@@ -154,6 +154,7 @@ def test_export_for_remote_code_files_and_auto_map(remote, tiny):
     assert hub.check_release(out) == []
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == {"AutoConfig": "configuration_eagle.EagleVLConfig",
+                                  "AutoModel": "modeling_eagle.EagleVLModel",
                                   "AutoModelForImageTextToText": "modeling_eagle.EagleVLForConditionalGeneration"}
     proc_config = json.loads((out / "processor_config.json").read_text())
     assert proc_config["auto_map"] == {"AutoProcessor": "processing_eagle.EagleProcessor"}

@@ -417,6 +417,10 @@ def export_for_remote_code(model, processor, out_dir: str | os.PathLike, **relea
             raise ValueError(f"{cls.__name__} is defined in {cls.__module__}, outside the flat eagle_hf.modeling / "
                              "eagle_hf.processing folders, so its code cannot travel with the weights")
     with _auto_classes(classes, [model.config, processor, processor.image_processor]):
+        # The base model too: vLLM's Transformers backend builds it with AutoModel.from_config.
+        base = type(model.model)
+        model.config.auto_map = {**(model.config.auto_map or {}),
+                                 "AutoModel": f"{base.__module__.rsplit('.', 1)[-1]}.{base.__name__}"}
         files = save_release(model, processor, out_dir, remote_code=True, **release_kwargs)
     return files
 

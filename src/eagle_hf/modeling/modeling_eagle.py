@@ -290,11 +290,16 @@ class EagleVLModel(EaglePreTrainedModel):
             inputs_embeds = self.embed_text(input_ids)
 
         # The length check runs eagerly only (under torch.compile it would be data-dependent branching).
-        if prefill and inputs_embeds.shape[1] > self.config.max_sequence_length:
+        # With position_ids a row may hold several sequences (vLLM's Transformers backend flattens all
+        # requests of a step into one row; padding-free training packs them): the limit is then on the
+        # positions, read only when the row is wider than the limit (a device sync).
+        limit = self.config.max_sequence_length
+        if (prefill and inputs_embeds.shape[1] > limit
+                and (position_ids is None or int(position_ids.max()) >= limit)):
             n_image = int((input_ids == self.config.image_token_id).sum(-1).max()) if input_ids is not None else 0
             raise ValueError(
                 f"the input is {inputs_embeds.shape[1]} tokens ({n_image} of them image tokens) but this model allows "
-                f"{self.config.max_sequence_length}; shorten the text or use fewer images"
+                f"{limit}; shorten the text or use fewer images"
             )
 
         mm_encoder_outputs = dict(mm_encoder_outputs or {})

@@ -40,9 +40,9 @@ __all__ = ["EagleProcessor", "EagleProcessorKwargs", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 
-# Text keywords of transformers' `TextKwargs` that have no effect here (offsets are always reported in
-# coordinates of the text as given; attention masks are always returned).
-_IGNORED_TEXT_KWARGS = {"return_text_replacement_offsets", "return_token_type_ids", "return_attention_mask",
+# Text keywords of transformers' `TextKwargs` that have no effect here (attention masks are always
+# returned).
+_IGNORED_TEXT_KWARGS = {"return_token_type_ids", "return_attention_mask",
                         "verbose", "return_length", "return_overflowing_tokens", "return_special_tokens_mask",
                         "stride", "is_split_into_words", "text_pair", "text_target", "text_pair_target"}
 
@@ -201,6 +201,8 @@ class EagleProcessor(ProcessorMixin):
         return_offsets = bool(text_kwargs.pop("return_offsets_mapping", False))
         return_mm_types = bool(merged.get("return_mm_token_type_ids") or text_kwargs.pop("return_mm_token_type_ids",
                                                                                            False))
+        return_replacements = bool(merged.get("return_text_replacement_offsets")
+                                   or text_kwargs.pop("return_text_replacement_offsets", False))
         pad_to_multiple_of = text_kwargs.pop("pad_to_multiple_of", None)
         for name in _IGNORED_TEXT_KWARGS:
             text_kwargs.pop(name, None)
@@ -230,8 +232,20 @@ class EagleProcessor(ProcessorMixin):
                     encoded = [self._truncate(enc, limit, index) for index, enc in enumerate(encoded)]
             data.update(self._pad(encoded, padding, max_length, pad_to_multiple_of, padding_side,
                                   return_tensors, return_offsets, return_mm_types))
+            if return_replacements:
+                data["text_replacement_offsets"] = [self._replacements(enc) for enc in encoded]
 
-        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["offset_mapping"])
+        return BatchFeature(data=data, tensor_type=return_tensors,
+                            skip_tensor_conversion=["offset_mapping", "text_replacement_offsets"])
+
+    def _replacements(self, encoding: dict[str, Any]) -> list[dict[str, Any]]:
+        """``text_replacement_offsets`` entries (the transformers processor contract, read by vLLM's
+        Transformers backend and by ``apply_chat_template``'s assistant masks): each placeholder and the
+        text it stands for. The ids are built without expanding the text, so offsets stay in the
+        coordinates of the text as given and ``new_span`` equals ``span``."""
+        replacement = self.image_token * self.image_seq_length
+        return [{"type": "image", "span": span, "new_span": span, "text": self.image_token, "replacement": replacement}
+                for span in encoding["placeholders"]]
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         """`ProcessorMixin.apply_chat_template`, keeping the original's special-token behaviour.
@@ -429,10 +443,12 @@ class EagleProcessor(ProcessorMixin):
         ids: list[int] = [bos] if skip else []
         offsets: list[tuple[int, int]] = [(0, 0)] if skip else []
         image_spans: list[tuple[int, int]] = []
+        placeholders: list[tuple[int, int]] = []
         chunk_start = origin  # offsets are in characters of the text as given
         for index, (cids, coffs) in enumerate(zip(chunk_ids, chunk_offsets)):
             if index > 0:
                 placeholder = (chunk_start - len(self.image_token), chunk_start)
+                placeholders.append(placeholder)
                 image_spans.append((len(ids), len(ids) + self.image_seq_length))
                 ids.extend([self.image_token_id] * self.image_seq_length)
                 offsets.extend([placeholder] * self.image_seq_length)
@@ -444,7 +460,7 @@ class EagleProcessor(ProcessorMixin):
                 (0, 0) if start == end else (start + chunk_start, end + chunk_start) for start, end in coffs[skip:]
             )
             chunk_start += len(chunks[index]) + len(self.image_token)
-        return {"input_ids": ids, "offsets": offsets, "image_spans": image_spans}
+        return {"input_ids": ids, "offsets": offsets, "image_spans": image_spans, "placeholders": placeholders}
 
     def _truncate(self, encoding: dict[str, Any], max_length: int, index: int) -> dict[str, Any]:
         if len(encoding["input_ids"]) <= max_length:
@@ -465,6 +481,7 @@ class EagleProcessor(ProcessorMixin):
             "input_ids": encoding["input_ids"][:max_length],
             "offsets": encoding["offsets"][:max_length],
             "image_spans": encoding["image_spans"],
+            "placeholders": encoding["placeholders"],
         }
 
     def _pad(self, encoded, padding, max_length, pad_to_multiple_of, padding_side, return_tensors,
