@@ -7,10 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from eagle_hf.cli import main as eagle_cli
 from eagle_hf.testing import make_image
+
+
+pytestmark = pytest.mark.slow  # a server / CLI subprocess: run by CI's slow pass
 
 N_ROWS = 6
 

@@ -19,6 +19,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import eagle_hf  # noqa: F401
 from eagle_hf.testing import make_image
 
+
+pytestmark = pytest.mark.slow  # a server / CLI subprocess: run by CI's slow pass
+
 MAX_TOKENS = 8
 
 
