@@ -544,8 +544,6 @@ def test_quickstart_reaches_the_target(tmp_path):
     assert result["exact_match"] >= 0.9, result
     assert min(result["per_type"].values()) >= 0.8, result["per_type"]
     assert result["text_only_exact_match"] <= result["answer_prior_exact_match"] + result["blank_image_margin"], result
-    # what the first stage changed: the image tokens carry the shape (linear probe, held-out images)
-    assert result["probe"]["after stage 1"]["shape"] > result["probe"]["init"]["shape"] + 0.1, result["probe"]
     assert (tmp_path / "qs" / "model" / "training_loss.png").stat().st_size > 0
 
 
