@@ -314,3 +314,52 @@ def test_sam_expert_fp32_matches_the_library_encoder_path():
         x = expert_input(fast, batch=2)
         assert eager.layers[0].attn.config._attn_implementation == "eager"  # transformers' path
         torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pix2Struct's in-model patching (what the original's per-forward processor round trip did)
+
+
+def _pix2struct_expert(**overrides):
+    spec = get_expert("pix2struct")
+    return spec.model_class(spec.config_class(**dict(spec.preset("tiny"), **overrides))).eval()
+
+
+@pytest.mark.parametrize("shape,overrides", [((2, 3, 64, 64), {}), ((1, 3, 64, 48), {"max_patches": 30}),
+                                             ((1, 3, 200, 200), {"patch_size": 16, "patch_embed_hidden_size": 768,
+                                                                 "max_patches": 120, "input_size": 200})])
+def test_pix2struct_patches_match_transformers_image_processor(shape, overrides):
+    """Same flattened patches as transformers' own Pix2Struct processor on the same float pixels (within
+    the re-implementation bound of the parity README; it sums the statistics in float32)."""
+    from transformers.models.pix2struct.image_processing_pil_pix2struct import Pix2StructImageProcessorPil
+
+    expert = _pix2struct_expert(**overrides)
+    cfg = expert.config
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(3)) * 255
+    patches, mask, (rows, cols) = expert.make_patches(x)
+    proc = Pix2StructImageProcessorPil(is_vqa=False, max_patches=cfg.max_patches,
+                                       patch_size={"height": cfg.patch_size, "width": cfg.patch_size})
+    ref = proc(images=list(x.numpy()), return_tensors="pt", input_data_format="channels_first")
+    assert patches.shape == ref["flattened_patches"].shape
+    assert torch.equal(mask, ref["attention_mask"].to(mask.dtype))
+    assert rows * cols == int(mask[0].sum())
+    assert (patches - ref["flattened_patches"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["uniform", "offset_tiny_spread", "constant", "batch_mixed"])
+def test_pix2struct_image_statistics_are_the_float64_ones(kind):
+    """The chunked one-pass statistics equal float64 mean/std of the whole image, rounded to float32."""
+    g = torch.Generator().manual_seed(0)
+    if kind == "uniform":
+        x = torch.rand(1, 3, 300, 301, generator=g) * 255  # numel not a multiple of the chunk
+    elif kind == "offset_tiny_spread":  # where an unshifted sum of squares would cancel
+        x = 200 + torch.rand(1, 3, 256, 256, generator=g) * 1e-3
+    elif kind == "constant":
+        x = torch.full((1, 3, 64, 64), 17.0)
+    else:
+        x = torch.stack([torch.rand(3, 128, 128, generator=g) * 255, torch.rand(3, 128, 128, generator=g) * 3])
+    expert = _pix2struct_expert()
+    mean, std = expert._image_statistics(x, chunk=4096)
+    flat = x.reshape(x.shape[0], -1).double()
+    assert torch.equal(mean, flat.mean(1).float())
+    assert torch.equal(std, flat.std(1, unbiased=False).float())

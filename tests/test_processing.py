@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, processors
 from transformers import PreTrainedTokenizerFast
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from eagle_hf.testing.parity import find_parity_dir
 from eagle_hf.processing import (
@@ -155,6 +156,40 @@ def test_without_padding_shortest_edge_resize_and_centre_crop():
     got = processor.square_uint8(image, pad_to_square=False)
     resized = np.asarray(image.resize((16, 12), resample=Image.BICUBIC))  # int(12 * 40 / 30) = 16
     assert np.array_equal(got, resized[:, 2:14])
+
+
+def reference_pixels(square_hwc, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):
+    """The original arithmetic, written out: float32(float64(u8) / 255), then (x - mean) / std in float32."""
+    x = (square_hwc.astype(np.float64) * (1 / 255)).astype(np.float32).transpose(2, 0, 1)
+    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
+@pytest.mark.parametrize("kwargs,expected_hw", [
+    ({"size": 12, "pad_to_square": False}, (12, 12)),  # PIL crop of the resized 16x12 image
+    ({"size": {"shortest_edge": 12}, "crop_size": {"height": 8, "width": 10}, "pad_to_square": False}, (8, 10)),
+    ({"size": 12, "crop_size": {"height": 20, "width": 14}}, (20, 14)),  # crop larger: zero padding
+    ({"size": 12, "do_center_crop": False, "pad_to_square": False}, (12, 16)),  # not square: no batch
+])
+def test_crop_paths_and_values_match_transformers_center_crop(kwargs, expected_hw):
+    from transformers.image_transforms import center_crop
+
+    image = Image.fromarray(rgb(40, 30, seed=4))
+    processor = EagleImageProcessor(**kwargs)
+    opts = processor._standardize_kwargs(**{**{k: getattr(processor, k, None) for k in processor._valid_kwargs_names},
+                                            **kwargs})
+    canvas = processor.expand_to_square(image, (122, 116, 104)) if opts["pad_to_square"] else image
+    height, width = processor._resize_target(canvas.width, canvas.height, opts["size"])
+    resized = np.asarray(canvas.resize((width, height), resample=Image.BICUBIC))
+    if opts["do_center_crop"]:
+        crop = opts["crop_size"]
+        resized = center_crop(resized, (crop.height, crop.width), data_format="channels_last",
+                              input_data_format="channels_last")
+    assert resized.shape[:2] == expected_hw
+    assert np.array_equal(processor.square_uint8(image), resized)
+    got = processor(image, return_tensors="np")["pixel_values"]
+    assert np.array_equal(got[0], reference_pixels(resized))
+    unbatched = processor([image, image])["pixel_values"]
+    assert all(np.array_equal(u, got[0]) for u in unbatched)
 
 
 # --------------------------------------------------------------------------------------------------

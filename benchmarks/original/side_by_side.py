@@ -4,7 +4,9 @@
     python benchmarks/original/side_by_side.py --original-python /tmp/eagle-orig-venv/bin/python \\
         --original-repo /path/to/EAGLE [--tiny] [--pairs 2]
 
-Today it covers the SAM expert (`SAMVisionTower` of the original, i.e. transformers 4.44's SAM
+Two modes (``--what``):
+
+``--what sam`` (default): the SAM expert (`SAMVisionTower` of the original, i.e. transformers 4.44's SAM
 encoder with EAGLE's short neck and pixel unshuffle, against eagle-hf's `sam` expert). Both sides
 get every weight from `shared/parity/detweights.py` under the same state-dict key (the two
 modules share their key names), the same seeded input, and run alternately (original, eagle-hf,
@@ -14,6 +16,28 @@ the pairs), the ratio and the max abs difference of the outputs. Last line: JSON
 The original resolves `facebook/sam-vit-large` from the Hub at build time; no Hub is reachable
 here, so the worker gives `SamModel.from_pretrained` the same architecture from a config (the
 weights are overwritten with the deterministic ones anyway).
+
+``--what preprocessing``: everything between a decoded PIL image and the tensors the experts'
+encoders consume, for the released X5 mixture. Original side, the original's own code in its venv:
+``eagle.mm_utils.process_images`` (``image_aspect_ratio="pad"``: ``expand2square`` with the mean
+colour, then ``preprocess`` of the X5's image processor, which is the ConvNeXt tower's
+``CLIPImageProcessor(**cfg)`` with size and crop set to 1024 as its ``load_model`` does), then the
+Pix2Struct tower's per-forward round trip, i.e. ``Pix2StructLargeVisionTower.forward`` itself
+(de-normalise, ``Pix2StructProcessor`` on the float tensor) with its encoder replaced by a module
+that records the ``flattened_patches`` it is given and returns a one-channel dummy (so only the
+preprocessing is timed). eagle-hf side: `EagleImageProcessor` (the default X5 processor) and the
+in-model Pix2Struct input (`EagleVisionTower.expert_inputs` + `EaglePix2StructExpert.make_patches`).
+Both sides get the same decoded images (the parity test image at 640x480, one per batch element,
+shifted so the elements differ), run alternately in fresh processes, ``--repeats`` timed calls
+each (median). Checked: ``pixel_values`` bit-identical, Pix2Struct patches within the bound the
+parity README documents for a re-implementation of that processor (1.1e-6 measured there; the
+check allows 1e-5: the per-image mean/std are summed in float64 here, by numpy's float32
+pairwise reduction there).
+
+The Hub is not reachable here, so on the original side `from_pretrained` of
+``google/pix2struct-large`` is answered offline with ``Pix2StructImageProcessor()`` (its defaults are
+that repository's preprocessor config: patch 16, max_patches 2048) and a T5 tokenizer the image-only
+call never uses.
 """
 
 import argparse
@@ -108,8 +132,193 @@ def worker(args) -> dict:
     return {"side": args.side, "seconds": seconds, "torch": torch.__version__}
 
 
+# --------------------------------------------------------------------------------------------------
+# --what preprocessing
+
+PATCH_ATOL = 1e-5
+
+
+def _original_modules(repo: str):
+    """The original's modules, imported from their files without running ``eagle/__init__.py`` (which
+    imports the whole LLaVA stack): the packages are registered as bare namespace modules."""
+    import types
+
+    for name in ("eagle", "eagle.model", "eagle.model.multimodal_encoder"):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(Path(repo, *name.split(".")))]
+            sys.modules[name] = module
+    import importlib
+
+    mm_utils = importlib.import_module("eagle.mm_utils")
+    convnext = importlib.import_module("eagle.model.multimodal_encoder.convnext_encoder")
+    pix2struct = importlib.import_module("eagle.model.multimodal_encoder.pix2struct_encoder")
+    return mm_utils, convnext, pix2struct
+
+
+def original_preprocessing(repo: str):
+    """(preprocess(images) -> (pixel_values, flattened_patches)) with the original's own code."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import CLIPImageProcessor, Pix2StructImageProcessor, Pix2StructProcessor, T5TokenizerFast
+
+    mm_utils, convnext, pix2struct = _original_modules(repo)
+    # The X5 mixture's image processor is its ConvNeXt tower's (`self.image_processor =
+    # convnext_vision_tower.image_processor`), built in ConvNextVisionTower.load_model like this:
+    image_processor = CLIPImageProcessor(**convnext.cfg)
+    image_processor.size = 1024
+    image_processor.crop_size = {"height": 1024, "width": 1024}
+    model_cfg = argparse.Namespace(image_aspect_ratio="pad")
+
+    class RecordingEncoder(torch.nn.Module):
+        """Stands in for the Pix2Struct encoder: records its input, returns one dummy channel."""
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))  # the tower reads dtype/device from it
+            self.seen = None
+
+        def forward(self, flattened_patches, attention_mask):
+            self.seen = flattened_patches
+            return argparse.Namespace(last_hidden_state=flattened_patches[:, :, :1])
+
+    encoder = RecordingEncoder()
+
+    class Offline:  # google/pix2struct-large is not reachable: its processor config's values
+        @staticmethod
+        def model(*a, **k):
+            return argparse.Namespace(encoder=encoder)
+
+        @staticmethod
+        def processor(*a, **k):
+            tok = T5TokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2},
+                                                                              unk_token="<unk>")))
+            return Pix2StructProcessor(Pix2StructImageProcessor(), tok)
+
+    pix2struct.Pix2StructForConditionalGeneration.from_pretrained = Offline.model
+    pix2struct.AutoProcessor.from_pretrained = Offline.processor
+    # The arguments MultiBackboneChannelConcatenationVisionTower gives its `pix2struct-1024` tower.
+    tower_args = argparse.Namespace(do_resize=True, de_normalize=True, mm_vision_select_layer=-2,
+                                    input_image_size=1024, freeze_vision=False)
+    tower = pix2struct.Pix2StructLargeVisionTower("pix2struct-large", tower_args).eval()
+
+    def preprocess(images):
+        pixel_values = mm_utils.process_images(images, image_processor, model_cfg)
+        tower(pixel_values)
+        return pixel_values, encoder.seen
+
+    return preprocess
+
+
+def eagle_hf_preprocessing():
+    """The same with eagle-hf: its processor, then the in-model Pix2Struct input of the X5 tower."""
+    sys.path.insert(0, str(HERE.parents[2] / "src"))
+    from eagle_hf import EagleVisionTower
+    from eagle_hf.modeling.configuration_eagle import EagleVisionConfig
+    from eagle_hf.modeling.registry import get_expert
+    from eagle_hf.processing import EagleImageProcessor
+
+    processor = EagleImageProcessor()  # the X5 processor's values are the defaults
+    # Patching depends only on the expert's patch/input settings (full size); the encoder width is
+    # irrelevant here, so the tiny one keeps the build cheap.
+    entry = get_expert("pix2struct")
+    full = entry.config_class(**entry.preset("full_size"))
+    pix_cfg = dict(entry.preset("tiny"), **{k: getattr(full, k) for k in
+                   ("patch_size", "max_patches", "patch_embed_hidden_size", "input_size")})
+    tower = EagleVisionTower(EagleVisionConfig(expert_order=["pix2struct"], image_size=full.input_size,
+                                               pix2struct_config=pix_cfg)).eval()
+    expert = tower.experts["pix2struct"]
+
+    def preprocess(images):
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        patches, _, _ = expert.make_patches(tower.expert_inputs(pixel_values)["pix2struct"])
+        return pixel_values, patches
+
+    return preprocess
+
+
+def preprocessing_worker(args) -> dict:
+    import statistics
+
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(args.threads)
+    images = [Image.open(path) for path in json.loads(args.config)["images"]]
+    for image in images:
+        image.load()  # decoding is not part of preprocessing
+    preprocess = original_preprocessing(args.original_repo) if args.side == "original" else eagle_hf_preprocessing()
+    times, cpu_times = [], []
+    with torch.no_grad():
+        pixel_values, patches = preprocess(images)  # warm-up
+        for _ in range(args.repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            pixel_values, patches = preprocess(images)
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+    torch.save({"pixel_values": pixel_values.contiguous(), "patches": patches.float().contiguous()}, args.save)
+    return {"side": args.side, "seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times),
+            "times": times, "torch": torch.__version__}
+
+
+def make_images(tmp: str, count: int) -> list[str]:
+    """The parity test image at 640x480, rolled sideways by a different amount per batch element."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(HERE.parents[2] / "src"))
+    from eagle_hf.testing.parity import draw_test_image
+
+    base = np.asarray(draw_test_image(640, 480))
+    paths = []
+    for i in range(count):
+        path = f"{tmp}/image{i}.png"
+        Image.fromarray(np.roll(base, 53 * i, axis=1)).save(path)
+        paths.append(path)
+    return paths
+
+
+def compare_preprocessing(tmp: str) -> dict:
+    import torch
+
+    a, b = torch.load(f"{tmp}/original.pt"), torch.load(f"{tmp}/eagle_hf.pt")
+    out = {"pixel_values_equal": bool(a["pixel_values"].shape == b["pixel_values"].shape
+                                      and torch.equal(a["pixel_values"], b["pixel_values"])),
+           "pixel_values_max_abs_diff": float((a["pixel_values"] - b["pixel_values"]).abs().max())
+           if a["pixel_values"].shape == b["pixel_values"].shape else float("nan"),
+           "patches_shape": list(b["patches"].shape)}
+    out["patches_max_abs_diff"] = (float((a["patches"] - b["patches"]).abs().max())
+                                   if a["patches"].shape == b["patches"].shape else float("nan"))
+    out["patches_within_bound"] = out["patches_max_abs_diff"] <= PATCH_ATOL
+    return out
+
+
+def run_pairs(args, config: str, tmp: str) -> dict:
+    """Alternate fresh worker processes (original, eagle-hf, original, ...); times per side."""
+    pythons = {"original": args.original_python, "eagle_hf": sys.executable}
+    times = {"original": [], "eagle_hf": []}
+    args.cpu_times = {"original": [], "eagle_hf": []}  # process CPU time, where the worker reports it
+    for _ in range(args.pairs):
+        for side in ("original", "eagle_hf"):
+            cmd = [pythons[side], str(HERE), "--what", args.what, "--side", side, "--config", config,
+                   "--save", f"{tmp}/{side}.pt", "--original-repo", args.original_repo,
+                   "--parity-dir", args.parity_dir or "", "--threads", str(args.threads), "--device", args.device,
+                   "--dtype", args.dtype, "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{side} worker failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            times[side].append(row["seconds"])
+            if "cpu_seconds" in row:
+                args.cpu_times[side].append(row["cpu_seconds"])
+            print(f"# {side} ({row['torch']}): {row['seconds']:.4f} s"
+                  + (f" (CPU {row['cpu_seconds']:.4f} s)" if "cpu_seconds" in row else ""), flush=True)
+    return times
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--what", choices=["sam", "preprocessing"], default="sam")
     p.add_argument("--original-python", help="python of the venv built by setup_env.sh")
     p.add_argument("--original-repo", help="checkout of NVlabs/EAGLE")
     p.add_argument("--tiny", action="store_true", help="tiny SAM config (smoke run)")
@@ -119,15 +328,18 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per worker (preprocessing; median)")
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.side:
-        print(json.dumps(worker(args)))
+        print(json.dumps(preprocessing_worker(args) if args.what == "preprocessing" else worker(args)))
         return
     if not (args.original_python and args.original_repo):
         p.error("--original-python and --original-repo are required (build them with setup_env.sh)")
+    if args.what == "preprocessing":
+        return main_preprocessing(args)
     if args.parity_dir is None:
         sys.path.insert(0, str(HERE.parents[2] / "src"))
         from eagle_hf.testing.parity import find_parity_dir
@@ -137,21 +349,8 @@ def main(argv=None) -> None:
             p.error("shared/parity (detweights.py) not found; pass --parity-dir")
         args.parity_dir = str(found)
     config = json.dumps(sam_config(args.tiny))
-    pythons = {"original": args.original_python, "eagle_hf": sys.executable}
-    times = {"original": [], "eagle_hf": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.pairs):
-            for side in ("original", "eagle_hf"):
-                cmd = [pythons[side], str(HERE), "--side", side, "--config", config, "--save", f"{tmp}/{side}.pt",
-                       "--original-repo", args.original_repo, "--parity-dir", args.parity_dir,
-                       "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
-                       "--batch-size", str(args.batch_size)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode:
-                    raise SystemExit(f"{side} worker failed:\n{proc.stderr[-3000:]}")
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
-                times[side].append(row["seconds"])
-                print(f"# {side} ({row['torch']}): {row['seconds']:.3f} s", flush=True)
+        times = run_pairs(args, config, tmp)
         import torch
 
         a, b = torch.load(f"{tmp}/original.pt"), torch.load(f"{tmp}/eagle_hf.pt")
@@ -164,6 +363,30 @@ def main(argv=None) -> None:
                       "best_s": best, "speedup_eagle_hf": ratio, "max_abs_diff": diff,
                       "shape": list(b.shape), "threads": args.threads,
                       "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size}))
+
+
+def main_preprocessing(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = json.dumps({"images": make_images(tmp, args.batch_size)})
+        times = run_pairs(args, config, tmp)
+        check = compare_preprocessing(tmp)
+    best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in args.cpu_times.items()}
+    ratio, cpu_ratio = best["original"] / best["eagle_hf"], best_cpu["original"] / best_cpu["eagle_hf"]
+    rate = {k: args.batch_size / v for k, v in best.items()}
+    print(f"preprocessing, {args.batch_size} x 640x480 -> X5 inputs, {args.threads} thread(s): original "
+          f"{best['original'] * 1e3:.1f} ms ({rate['original']:.1f} img/s), eagle-hf {best['eagle_hf'] * 1e3:.1f} ms "
+          f"({rate['eagle_hf']:.1f} img/s), eagle-hf is {ratio:.2f}x faster (CPU time: {best_cpu['original'] * 1e3:.1f} "
+          f"vs {best_cpu['eagle_hf'] * 1e3:.1f} ms, {cpu_ratio:.2f}x); pixel_values bit-identical: "
+          f"{check['pixel_values_equal']}; Pix2Struct patches max|diff| {check['patches_max_abs_diff']:.2e} "
+          f"(bound {PATCH_ATOL:g})")
+    print(json.dumps({"benchmark": "side_by_side", "what": "preprocessing", "batch_size": args.batch_size,
+                      "image": "parity test image 640x480", "times_s": times, "best_s": best,
+                      "cpu_times_s": args.cpu_times, "best_cpu_s": best_cpu, "img_per_s": rate,
+                      "speedup_eagle_hf": ratio, "cpu_speedup_eagle_hf": cpu_ratio, **check,
+                      "threads": args.threads, "repeats": args.repeats}))
+    if not (check["pixel_values_equal"] and check["patches_within_bound"]):
+        raise SystemExit("outputs differ beyond the bounds (see above)")
 
 
 if __name__ == "__main__":

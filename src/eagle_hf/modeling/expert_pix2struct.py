@@ -75,27 +75,44 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
         cfg = self.config
         batch, channels, height, width = pixels.shape
         x = pixels.float()
-        # Per-image standardisation; statistics in float64 so the float32 mean/std are correctly rounded.
-        flat = x.reshape(batch, -1).double()
-        mean = flat.mean(1).float()
-        std = flat.std(1, unbiased=False).float()
-        std = torch.clamp(std, min=1.0 / math.sqrt(flat.shape[1]))
-        x = (x - mean[:, None, None, None]) / std[:, None, None, None]
+        mean, std = self._image_statistics(x)
+        std = torch.clamp(std, min=1.0 / math.sqrt(x[0].numel()))
+        x = (x - mean[:, None, None, None]).div_(std[:, None, None, None])
         rows, cols = cfg.patch_grid(height, width)
         p = cfg.patch_size
         x = F.interpolate(x, size=(rows * p, cols * p), mode="bilinear", align_corners=False, antialias=True)
-        # Patch vectors are flattened in (patch row, patch column, channel) order.
-        patches = x.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 3, 5, 1)
-        patches = patches.reshape(batch, rows * cols, p * p * channels)
+        # Patch vectors are flattened in (patch row, patch column, channel) order, written straight
+        # into the zero-padded output; going through channels-last first keeps the block copy's inner
+        # runs contiguous (p * channels values) instead of one value per channel plane.
+        hwc = x.permute(0, 2, 3, 1).contiguous()
+        patches = torch.zeros(batch, cfg.max_patches, 2 + p * p * channels, device=x.device)
+        blocks = hwc.view(batch, rows, p, cols, p, channels).permute(0, 1, 3, 2, 4, 5)
+        patches[:, : rows * cols, 2:].view(batch, rows, cols, p, p, channels).copy_(blocks)
         ids = torch.arange(rows * cols, device=x.device)
-        row_ids = (ids // cols + 1).float()[None, :, None].expand(batch, -1, 1)
-        col_ids = (ids % cols + 1).float()[None, :, None].expand(batch, -1, 1)
-        patches = torch.cat([row_ids, col_ids, patches], dim=-1)
-        pad = cfg.max_patches - rows * cols
-        patches = F.pad(patches, (0, 0, 0, pad))
+        patches[:, : rows * cols, 0] = (ids // cols + 1).float()
+        patches[:, : rows * cols, 1] = (ids % cols + 1).float()
         mask = torch.zeros(batch, cfg.max_patches, device=x.device)
         mask[:, : rows * cols] = 1
         return patches, mask, (rows, cols)
+
+    @staticmethod
+    def _image_statistics(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image mean and population std in float64, rounded to float32 (correctly rounded, not
+        dependent on a float32 summation order). One pass over cache-sized float64 chunks, shifted by
+        each image's first value so that the sum of squares does not cancel: the same float32 values
+        as `.double().mean()` / `.std()` of the whole image, without the 8-byte copy of it."""
+        flat = x.reshape(x.shape[0], -1)
+        shift = flat[:, :1].double()
+        total = torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
+        squares = torch.zeros_like(total)
+        for start in range(0, flat.shape[1], chunk):
+            part = flat[:, start:start + chunk].double().sub_(shift)
+            total += part.sum(1, keepdim=True)
+            squares += part.square_().sum(1, keepdim=True)
+        n = flat.shape[1]
+        mean = total / n
+        var = (squares / n - mean.square()).clamp_(min=0)
+        return (mean + shift).float().view(-1), var.sqrt().float().view(-1)
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         patches, mask, (rows, cols) = self.make_patches(pixel_values)

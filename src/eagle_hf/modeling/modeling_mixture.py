@@ -149,7 +149,7 @@ class EagleVisionTower(PreTrainedModel):
                 if expert.input_space == "pixels_255":
                     # Undo the normalisation in the input dtype, as the original did.
                     mean, std = self.image_mean.to(x.dtype), self.image_std.to(x.dtype)
-                    x = (x * std + mean) * 255
+                    x = (x * std).add_(mean).mul_(255)  # (x * std + mean) * 255, one buffer
                 elif expert.input_space != "normalized":
                     raise ValueError(f"expert {name!r} declares an unknown input_space {expert.input_space!r}")
                 if expert.input_size != self.config.image_size:

@@ -394,8 +394,9 @@ class EagleImageProcessingMixin:
         disable_grouping: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Both backends: the uint8 squares (``_squares``, [3, H, W] each), then one value-table look-up
-        (``_lookup``) for rescale + normalise, so equal uint8 values give bit-identical floats."""
+        """Both backends: the uint8 squares (``_squares``: PIL images or [3, H, W] arrays/tensors), then one
+        value-table look-up (``_lookup``) for rescale + normalise, so equal uint8 values give bit-identical
+        floats."""
         squares = self._squares(
             images, pad_to_square=bool(pad_to_square), do_resize=do_resize, size=size, resample=resample,
             do_center_crop=do_center_crop, crop_size=crop_size, image_mean=image_mean,
@@ -403,6 +404,13 @@ class EagleImageProcessingMixin:
         )
         table = self._value_table(do_rescale, rescale_factor, do_normalize, image_mean, image_std)
         channels_last = data_format is not None and ChannelDimension(data_format) == ChannelDimension.LAST
+        shapes = {self._chw_shape(square) for square in squares}
+        if return_tensors is not None and len(shapes) == 1 and not channels_last:
+            # The batch is written in place: no per-image arrays to stack afterwards.
+            batch = self._empty((len(squares), *shapes.pop()), squares[0])
+            for square, out in zip(squares, batch):
+                self._lookup(table, square, out=out)
+            return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
         processed = []
         for square in squares:
             pixels = self._lookup(table, square)
@@ -454,7 +462,7 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
         return canvas
 
-    def _square_uint8(
+    def _square_image(
         self,
         image: Image.Image,
         pad_to_square: bool,
@@ -464,34 +472,60 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         do_center_crop: bool,
         crop_size: SizeDict,
         image_mean: float | Iterable[float],
-    ) -> np.ndarray:
+    ) -> Image.Image | np.ndarray:
+        """The square as a PIL image, or as an ``(H, W, 3)`` uint8 array when the crop is larger than the
+        image (transformers' ``center_crop`` then pads with zeros, which PIL's crop would not do)."""
         if pad_to_square:
             image = self.expand_to_square(image, self._background(image_mean))
         if do_resize:
             height, width = self._resize_target(image.width, image.height, size)
             if (height, width) != (image.height, image.width):
                 image = image.resize((width, height), resample=PILImageResampling(resample))
-        array = np.asarray(image)  # (H, W, 3) uint8
-        if do_center_crop:
-            chw = _center_crop(
-                np.ascontiguousarray(array.transpose(2, 0, 1)),
-                size=(crop_size.height, crop_size.width),
-                data_format=ChannelDimension.FIRST,
-                input_data_format=ChannelDimension.FIRST,
-            )
-            array = chw.transpose(1, 2, 0)
-        return np.ascontiguousarray(array, dtype=np.uint8)
+        if not do_center_crop or (crop_size.height, crop_size.width) == (image.height, image.width):
+            return image
+        if crop_size.height <= image.height and crop_size.width <= image.width:
+            # Same offsets as transformers' center_crop: ((H - h) // 2, (W - w) // 2).
+            top, left = (image.height - crop_size.height) // 2, (image.width - crop_size.width) // 2
+            return image.crop((left, top, left + crop_size.width, top + crop_size.height))
+        chw = _center_crop(
+            np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)),
+            size=(crop_size.height, crop_size.width),
+            data_format=ChannelDimension.FIRST,
+            input_data_format=ChannelDimension.FIRST,
+        )
+        return np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.uint8)
 
-    def _squares(self, images: list[Image.Image], disable_grouping: bool | None = None, **options) -> list[np.ndarray]:
-        return [np.ascontiguousarray(self._square_uint8(image, **options).transpose(2, 0, 1)) for image in images]
+    def _square_uint8(self, image: Image.Image, **options) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(self._square_image(image, **options)), dtype=np.uint8)
+
+    def _squares(self, images: list[Image.Image], disable_grouping: bool | None = None,
+                 **options) -> list[Image.Image | np.ndarray]:
+        return [self._square_image(image, **options) for image in images]
 
     @staticmethod
-    def _lookup(table: np.ndarray, square: np.ndarray) -> np.ndarray:
-        # Rescale + normalise depend only on (channel, uint8 value): one 256-entry table per
-        # channel, filled with exactly the original arithmetic, replaces ~6 passes over the image.
-        pixels = np.empty(square.shape, dtype=np.float32)
-        for c in range(square.shape[0]):
-            np.take(table[c % len(table)], square[c], out=pixels[c])
+    def _chw_shape(square: Image.Image | np.ndarray) -> tuple[int, int, int]:
+        if isinstance(square, Image.Image):
+            return (3, square.height, square.width)
+        return (3, *square.shape[:2])
+
+    @staticmethod
+    def _empty(shape: tuple[int, ...], like: Any) -> np.ndarray:
+        return np.empty(shape, dtype=np.float32)
+
+    @staticmethod
+    def _lookup(table: np.ndarray, square: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # Rescale + normalise depend only on (channel, uint8 value): one 256-entry table per channel,
+        # filled with exactly the original arithmetic, replaces ~6 passes over the image. On a PIL
+        # image, Pillow applies it to each channel plane in C (`point` from 8-bit to 32-bit float, exact
+        # since every entry is a float32), which also skips the HWC -> CHW transpose.
+        pixels = np.empty(EagleImageProcessor._chw_shape(square), dtype=np.float32) if out is None else out
+        if isinstance(square, Image.Image):
+            for c, plane in enumerate(square.split()):
+                values = plane.point(table[c % len(table)].tolist(), "F").tobytes()
+                pixels[c] = np.frombuffer(values, dtype=np.float32).reshape(pixels.shape[1:])
+        else:
+            for c in range(3):
+                np.take(table[c % len(table)], square[:, :, c], out=pixels[c])
         return pixels
 
 
@@ -543,6 +577,15 @@ class EagleImageProcessorTorchvision(EagleImageProcessingMixin, TorchvisionBacke
         return self._squares([image], **kwargs)[0]
 
     @staticmethod
-    def _lookup(table: np.ndarray, square: torch.Tensor) -> torch.Tensor:
+    def _chw_shape(square: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(square.shape)
+
+    @staticmethod
+    def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.float32, device=like.device)
+
+    @staticmethod
+    def _lookup(table: np.ndarray, square: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         values = torch.from_numpy(table).to(square.device)
-        return values.gather(1, square.flatten(1).long()).view(square.shape)
+        pixels = values.gather(1, square.flatten(1).long()).view(square.shape)
+        return pixels if out is None else out.copy_(pixels)
