@@ -138,16 +138,22 @@ def worker(args) -> dict:
 PATCH_ATOL = 1e-5
 
 
-def _original_modules(repo: str):
-    """The original's modules, imported from their files without running ``eagle/__init__.py`` (which
-    imports the whole LLaVA stack): the packages are registered as bare namespace modules."""
+def register_original_packages(repo: str) -> None:
+    """Lets the original's modules be imported from their files without running the packages'
+    ``__init__.py`` (``eagle/__init__.py`` imports the whole LLaVA stack, ``eagle/model/__init__.py``
+    every language model): the packages are registered as bare namespace modules."""
     import types
 
-    for name in ("eagle", "eagle.model", "eagle.model.multimodal_encoder"):
+    for name in ("eagle", "eagle.model", "eagle.model.multimodal_encoder", "eagle.model.language_model",
+                 "eagle.model.multimodal_projector"):
         if name not in sys.modules:
             module = types.ModuleType(name)
             module.__path__ = [str(Path(repo, *name.split(".")))]
             sys.modules[name] = module
+
+
+def _original_modules(repo: str):
+    register_original_packages(repo)
     import importlib
 
     mm_utils = importlib.import_module("eagle.mm_utils")
