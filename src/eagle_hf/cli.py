@@ -14,6 +14,7 @@ COMMANDS = {
     "serve": "Serve a model with an OpenAI-compatible API (transformers' server).",
     "push": "Upload a saved model folder to the Hugging Face Hub.",
     "quickstart": "Make a synthetic VQA set, train the tiny model on the CPU, evaluate it.",
+    "explore": "The paper's design-space study in miniature: experts, fusions, pre-alignment, one table.",
 }
 
 

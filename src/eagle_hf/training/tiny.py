@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..modeling import EagleVLForConditionalGeneration
+from ..modeling import EagleVLConfig, EagleVLForConditionalGeneration
 from ..modeling.presets import tiny_train_config
 from ..processing import EagleImageProcessor, EagleProcessor, get_template, render
 from .data import Example
@@ -26,9 +26,10 @@ def template_markers(template: str) -> list[str]:
 
 
 def build_tiny(examples: Iterable[Example], template: str = TINY_TEMPLATE, vocab_size: int = 1024,
-               seed: int = 0) -> tuple[EagleVLForConditionalGeneration, EagleProcessor]:
-    """A randomly initialised ``tiny-train`` EAGLE and its processor, the tokenizer learnt from the
-    rendered conversations of (up to 20,000 of) ``examples``."""
+               seed: int = 0, config: EagleVLConfig | None = None) -> tuple[EagleVLForConditionalGeneration, EagleProcessor]:
+    """A randomly initialised ``tiny-train`` EAGLE (or ``config``: any other EAGLE config, whose
+    vocabulary size and special token ids are then set from the tokenizer) and its processor, the
+    tokenizer learnt from the rendered conversations of (up to 20,000 of) ``examples``."""
     texts = []
     for k, ex in enumerate(examples):
         if k >= TOKENIZER_SAMPLE_ROWS:
@@ -36,7 +37,7 @@ def build_tiny(examples: Iterable[Example], template: str = TINY_TEMPLATE, vocab
         texts.append(render(template, ex.messages))
     if not texts:
         raise ValueError("no training text to learn the tiny model's tokenizer from")
-    config_probe = tiny_train_config()
+    config_probe = config if config is not None else tiny_train_config()
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size, extra_special_tokens=template_markers(template),
                                 model_max_length=config_probe.text_config.max_position_embeddings)
     vision = config_probe.vision_config
@@ -45,9 +46,14 @@ def build_tiny(examples: Iterable[Example], template: str = TINY_TEMPLATE, vocab
                                             image_std=list(vision.image_std)),
         tokenizer=tokenizer, image_seq_length=vision.num_image_tokens, template_name=template)
     tok = processor.tokenizer
-    config = tiny_train_config(vocab_size=len(tok), image_token_id=processor.image_token_id,
-                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                               eos_token_id=tok.eos_token_id)
+    ids = dict(image_token_id=processor.image_token_id, pad_token_id=tok.pad_token_id,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if config is None:
+        config = tiny_train_config(vocab_size=len(tok), **ids)
+    else:
+        values = config.to_dict()
+        values["text_config"]["vocab_size"] = len(tok)
+        config = EagleVLConfig.from_dict({**values, **ids})
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config.text_config, key, getattr(tok, key))
     torch.manual_seed(seed)
