@@ -22,12 +22,12 @@ def _explore(capsys, out, *args):
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
-    """Three runs (two expert subsets, two fusions; one run shared by both axes). One step, whose
-    learning rate the warmup holds at zero, keeps each model at its seeded random start, so the
-    models answer differently from each other and checking their scores can fail."""
+    """Three runs (two expert subsets, two fusions; one run shared by both axes). One step per
+    stage, whose learning rate the warmup holds at zero, keeps each model at its seeded random
+    start, so the models answer differently from each other and checking their scores can fail."""
     out = tmp_path_factory.mktemp("explore") / "mini"
     code = main(["explore", "--output-dir", str(out), "--no-progress", "--axes", "experts,fusions",
-                 "--experts", "clip,convnext", "--fusions", "channel_concat,sequence_append", "--steps", "1",
+                 "--experts", "clip,convnext", "--fusions", "channel_concat,sequence_append", "--steps", "2",
                  "--train-images", "8", "--test-images", "3", "--batch-size", "2"])
     assert code == 0
     return out, json.loads((out / "results.json").read_text())
@@ -37,10 +37,10 @@ def test_rows_follow_the_grid_and_share_runs(mini):
     out, report = mini
     rows = [(r["axis"], r["configuration"], r["run"]) for r in report["rows"]]
     assert rows == [
-        ("experts", "clip", "clip__channel_concat__finetune"),
-        ("experts", "clip + convnext", "clip+convnext__channel_concat__finetune"),
-        ("fusions", "channel_concat", "clip+convnext__channel_concat__finetune"),
-        ("fusions", "sequence_append", "clip+convnext__sequence_append__finetune"),
+        ("experts", "clip", "clip__channel_concat__prealign"),
+        ("experts", "clip + convnext", "clip+convnext__channel_concat__prealign"),
+        ("fusions", "channel_concat", "clip+convnext__channel_concat__prealign"),
+        ("fusions", "sequence_append", "clip+convnext__sequence_append__prealign"),
     ]
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted({r[2] for r in rows})
     with open(out / "results.csv") as f:
@@ -49,7 +49,13 @@ def test_rows_follow_the_grid_and_share_runs(mini):
     assert [float(r["all"]) for r in table] == [r["exact_match"] for r in report["rows"]]
     md = (out / "results.md").read_text()
     assert md.count("| clip + convnext |") == 1 and "**fusions**" in md and "| sequence_append |" in md
-    assert all(r["steps"] == 1 for r in report["rows"])
+    test_rows = json.loads((out / "data" / "test.json").read_text())
+    types = {r["type"] for r in test_rows}
+    answers = {t: [r["conversations"][-1]["value"].lower() for r in test_rows if r["type"] == t] for t in types}
+    baseline = report["constant_baseline"]["per_type"]
+    assert baseline == {t: max(map(a.count, a)) / len(a) for t, a in answers.items()}
+    assert all(r["steps"] == 2 and [s["stage"] for s in r["stages"]] == ["prealign", "finetune"]
+               for r in report["rows"])
 
 
 def test_tokens_and_parameters_are_those_of_the_saved_runs(mini):
@@ -104,11 +110,13 @@ def test_prealignment_rows_train_the_same_number_of_steps(tmp_path, capsys):
     assert code == 0
     report = json.loads((tmp_path / "pa" / "results.json").read_text())
     rows = {r["recipe"]: r for r in report["rows"]}
-    assert [r["configuration"] for r in report["rows"]] == ["finetune only", "prealign-experts, pretrain, finetune"]
-    assert rows["finetune"]["steps"] == rows["prealigned"]["steps"] == 4
-    assert [(s["stage"], s["steps"]) for s in rows["prealigned"]["stages"]] == [
+    assert [r["configuration"] for r in report["rows"]] == [
+        "finetune only", "prealign, finetune", "prealign-experts, pretrain, finetune"]
+    assert {r["steps"] for r in report["rows"]} == {4}
+    assert [(s["stage"], s["steps"]) for s in rows["prealign"]["stages"]] == [("prealign", 2), ("finetune", 2)]
+    assert [(s["stage"], s["steps"]) for s in rows["prealign-experts"]["stages"]] == [
         ("prealign-experts", 2), ("pretrain", 1), ("finetune", 1)]
-    summary = json.loads((tmp_path / "pa" / "runs" / rows["prealigned"]["run"] / "stage1-prealign-experts"
+    summary = json.loads((tmp_path / "pa" / "runs" / rows["prealign-experts"]["run"] / "stage1-prealign-experts"
                           / "train_summary.json").read_text())
     assert {k: v["steps"] for k, v in summary["per_expert"].items()} == {"clip": 1, "convnext": 1}
     assert "| prealign-experts, pretrain, finetune |" in stdout

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, default=DEFAULTS["train_images"])
     parser.add_argument("--test-images", type=int, default=DEFAULTS["test_images"])
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="every stage's")
     parser.add_argument("--seed", type=int, default=0, help="data, initial weights and data order of every row")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -39,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     report = explore(ExploreOptions(
         output_dir=args.output_dir, axes=args.axes, experts=args.experts, fusions=args.fusions, steps=args.steps,
-        train_images=args.train_images, test_images=args.test_images, batch_size=args.batch_size, seed=args.seed,
+        train_images=args.train_images, test_images=args.test_images, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        seed=args.seed,
         progress=args.progress))
     print(format_markdown(report))
-    print(f"{len(report['rows'])} rows in {report['total_seconds']:.0f} s; tables in {args.output_dir}/results.*")
+    print(f"{len(report['rows'])} rows in {report['total_seconds']:.0f} s ({report['cpu_seconds']:.0f} CPU s); "
+          f"tables in {args.output_dir}/results.*")
     print(json.dumps({"rows": [{k: r[k] for k in ("axis", "configuration", "run", "exact_match", "per_type", "steps",
                                                   "params", "vision_params", "tokens_per_image", "train_seconds")}
                                for r in report["rows"]], "total_seconds": report["total_seconds"]}))
