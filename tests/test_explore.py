@@ -3,14 +3,12 @@ saved runs give when checked on their own (`eagle-hf eval`, the saved configs an
 
 import csv
 import json
-import math
 
 import pytest
 from PIL import Image
 
 import eagle_hf  # noqa: F401  (registers the Auto classes)
 from eagle_hf.cli import main
-from eagle_hf.modeling.configuration_eagle import RELEASED_X5_ORDER
 from eagle_hf.modeling.fusion import FUSIONS
 
 
@@ -137,25 +135,3 @@ def test_bad_choices_fail_before_anything_runs(tmp_path, capsys, args, message):
     assert code == 2 and message in stderr, stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "bad").exists()
-
-
-def _binomial_gap(a: dict, b: dict) -> float:
-    """Two standard errors of the difference of two exact-match rates (independent binomials)."""
-    return 2 * math.sqrt(sum(r["exact_match"] * (1 - r["exact_match"]) / r["n"] for r in (a, b)))
-
-
-@pytest.mark.slow
-def test_default_grid_tells_the_choices_apart(tmp_path, capsys):
-    """The default study (the README's table): every row trains the same steps, and the choices
-    differ by more than the test set's binomial noise."""
-    code, _, _ = _explore(capsys, tmp_path / "grid")
-    assert code == 0
-    report = json.loads((tmp_path / "grid" / "results.json").read_text())
-    rows = report["rows"]
-    order = list(RELEASED_X5_ORDER)
-    assert [r["experts"] for r in rows if r["axis"] == "experts"] == [order[:k] for k in range(1, len(order) + 1)]
-    assert [r["fusion"] for r in rows if r["axis"] == "fusions"] == list(FUSIONS)
-    assert len({r["steps"] for r in rows}) == 1
-    best = max(rows, key=lambda r: r["exact_match"])
-    worst = min(rows, key=lambda r: r["exact_match"])
-    assert best["exact_match"] - worst["exact_match"] > _binomial_gap(best, worst), (best, worst)
