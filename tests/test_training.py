@@ -544,6 +544,9 @@ def test_quickstart_reaches_the_target(tmp_path):
     assert result["exact_match"] >= 0.9, result
     assert min(result["per_type"].values()) >= 0.8, result["per_type"]
     assert result["text_only_exact_match"] <= result["answer_prior_exact_match"] + result["blank_image_margin"], result
+    # what pre-alignment changes: the image token under an object carries its shape (linear probe on
+    # held-out images; measured 0.49 at init, 0.93 after stage 1, 0.99 at the end)
+    assert result["probe"]["after stage 1"]["shape"] > result["probe"]["init"]["shape"] + 0.2, result["probe"]
     assert (tmp_path / "qs" / "model" / "training_loss.png").stat().st_size > 0
 
 
