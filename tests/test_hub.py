@@ -21,7 +21,7 @@ RELEASE_FILES = ["README.md", "chat_template.jinja", "config.json", "generation_
                  "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 CODE_FILES = ["chat_templates.py", "configuration_eagle.py", "expert_clip.py", "expert_convnext.py", "expert_eva.py",
               "expert_hf.py", "expert_pix2struct.py", "expert_sam.py", "expert_timm.py", "fusion.py", "image_processing_eagle.py", "modeling_eagle.py",
-              "modeling_mixture.py", "processing_eagle.py", "registry.py", "validation.py"]
+              "modeling_mixture.py", "processing_eagle.py", "registry.py", "safetensors_header.py", "validation.py"]
 
 # Run in a child process: eagle_hf is made unimportable (meta-path blocker and the src folder
 # removed from sys.path) before anything else is imported.

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.safetensors_header import CheckpointError, read_safetensors_header
+
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -33,10 +35,6 @@ _DTYPE_TO_ST = {
 _ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (truncated, corrupt, inconsistent index)."""
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -73,37 +71,6 @@ def nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Validation
-
-
-def read_safetensors_header(path: str | os.PathLike) -> dict:
-    """Parse a safetensors header and check that the file really holds all the data it
-    announces. A download or copy cut short otherwise surfaces much later as an error that
-    does not name the file."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes; truncated?)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > size - 8:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file (header announces {header_len} bytes, file has {size})"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError as err:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    expected = 8 + header_len + end
-    if size < expected:
-        raise CheckpointError(
-            f"{path}: truncated safetensors file: {size} bytes on disk, {expected} needed for its "
-            f"{len(header) - ('__metadata__' in header)} tensors (re-download or re-copy it)"
-        )
-    return header
 
 
 def checkpoint_files(folder: str | os.PathLike) -> tuple[list[Path], dict[str, str] | None]:

@@ -2,12 +2,8 @@
 `get_image_features` -> placeholder mask -> `masked_scatter` -> language model."""
 
 
-import glob
 import importlib
-import json
-import os
 import re
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +25,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_eagle import EagleVLConfig
 from .modeling_mixture import EagleVisionOutput, EagleVisionTower
 from .registry import list_experts
+from .safetensors_header import CheckpointError, check_safetensors_files
 from .validation import (
     check_attention_mask_shape,
     check_generation_length,
@@ -86,25 +83,6 @@ class EagleMultiModalProjector(nn.Module):
         return features
 
 
-def _broken_safetensors(folder, subfolder=None) -> str | None:
-    """The first safetensors file of a local folder whose header or data is cut short (safetensors'
-    own error does not name the file)."""
-    if folder is None or not os.path.isdir(os.path.join(str(folder), subfolder or "")):
-        return None
-    for path in sorted(glob.glob(os.path.join(str(folder), subfolder or "", "*.safetensors"))):
-        size = os.path.getsize(path)
-        try:
-            with open(path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len)) if 8 + header_len <= size else None
-        except (struct.error, ValueError):
-            return path
-        ends = [entry["data_offsets"][1] for name, entry in (header or {}).items() if name != "__metadata__"]
-        if header is None or 8 + header_len + max(ends, default=0) > size:
-            return path
-    return None
-
-
 class EaglePreTrainedModel(PreTrainedModel):
     config: EagleVLConfig
     base_model_prefix = "model"
@@ -153,9 +131,11 @@ class EaglePreTrainedModel(PreTrainedModel):
             model, info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True,
                                                   **kwargs)
         except Exception as err:
-            broken = _broken_safetensors(source, kwargs.get("subfolder"))
-            if broken:
-                raise ValueError(f"{broken} is truncated or corrupt; download or copy it again") from err
+            # safetensors' own error for a file cut short does not name it.
+            try:
+                check_safetensors_files(source, kwargs.get("subfolder"))
+            except CheckpointError as broken:
+                raise broken from err
             raise
         order = model.config.vision_config.expert_order
         check_mismatched_shapes(info, source, order, list_experts(), user_ignores_sizes)

@@ -173,7 +173,7 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     process killed while saving leaves a folder without it (or with it cut short)."""
     from transformers.trainer_callback import TrainerState
 
-    from ..convert.checkpoint_io import CheckpointError, read_safetensors_header
+    from ..modeling.safetensors_header import CheckpointError, read_safetensors_header
 
     folder = Path(folder)
     state_file = folder / "trainer_state.json"
