@@ -290,7 +290,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
         (np.full((6, 6, 3), 2.0, np.float32), r"\[0, 1\]"),
         (np.full((6, 6, 3), 300, np.int32), "0..255"),
         (np.zeros((2, 2, 6, 6, 3), np.uint8), "dimensions"),
-        ("/nonexistent/dir/image.png", "not found"),
+        ("/nonexistent/dir/image.png", "image /nonexistent/dir/image.png does not exist"),
     ],
 )
 def test_invalid_images_raise_clear_errors(image, match):
@@ -302,14 +302,14 @@ def test_corrupt_file_and_directory(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
     processor = EagleImageProcessor(size=8)
-    with pytest.raises(ValueError, match="cannot read image file"):
+    with pytest.raises(ValueError, match="broken.png is not an image file that can be read"):
         processor(str(bad))
     truncated = tmp_path / "truncated.png"
     Image.fromarray(rgb(64, 64)).save(tmp_path / "full.png")
     truncated.write_bytes((tmp_path / "full.png").read_bytes()[:200])
-    with pytest.raises(ValueError, match="cannot read image file"):
+    with pytest.raises(ValueError, match="truncated.png could not be read as an image"):
         processor(truncated)
-    with pytest.raises(ValueError, match="directory"):
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
         processor(str(tmp_path))
     with pytest.raises(TypeError, match="unsupported image type"):
         processor(12345)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .modeling.validation import check_processor_matches_model
 
@@ -150,29 +150,11 @@ def load_model_and_processor(path: str | Path, device: str | torch.device | None
 
 
 def load_image(source: Any, name: str | None = None) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image, with a one-line error for anything unreadable.
-    ``name``: how to call the file in messages (default: the path as given)."""
-    if isinstance(source, Image.Image):
-        from .processing import load_image_rgb  # the processor's mode rules (16-bit, float) apply
+    """An RGB PIL image from a path, URL, bytes, array or PIL image: `processing.load_image_rgb`,
+    the loader the processor itself uses (one-line errors; ``name`` is how messages call the file)."""
+    from .processing import load_image_rgb
 
-        return load_image_rgb(source)
-    path = Path(str(source)).expanduser()
-    label = name or str(source)
-    if not path.exists():
-        raise FileNotFoundError(f"image {label} does not exist")
-    if path.is_dir():
-        raise ValueError(f"image {label} is a folder, not an image file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError(f"{label} is not an image file that can be read (PNG, JPEG, WebP, ... expected)") from None
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{label} is too large to open safely: {one_line(err)}") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{label} could not be read as an image (damaged or truncated file: "
-                         f"{one_line(err)})") from None
+    return load_image_rgb(source, name=name)
 
 
 def image_fingerprint(image: Image.Image) -> str:

@@ -34,7 +34,8 @@ Input conversion rules (every input ends up as an 8-bit RGB ``PIL.Image`` before
 * ``str`` / ``os.PathLike``: a file path (``http(s)://`` and ``data:`` URLs are fetched with
   transformers' ``load_image``); ``bytes``: encoded image data.
 
-Invalid inputs raise ``ValueError`` naming the problem: missing or unreadable files, empty images,
+Invalid inputs raise ``ValueError`` naming the problem (a missing file: `ImageFileNotFoundError`, also a
+``FileNotFoundError``): missing, unreadable or truncated files, empty images,
 images smaller than 2 pixels on a side, unsupported channel counts or value ranges.
 """
 
@@ -46,7 +47,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
@@ -68,7 +69,7 @@ except ImportError:  # torch is optional for the image processor itself
 
 
 __all__ = ["EagleImageProcessor", "EagleImageProcessorTorchvision", "EagleImageProcessorKwargs", "flatten_images",
-           "load_image_rgb"]
+           "ImageFileNotFoundError", "load_image_rgb"]
 
 MIN_IMAGE_SIDE = 2
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -118,32 +119,48 @@ def flatten_images(images: Any) -> list[Any]:
     )
 
 
-def _open_image_file(path: str) -> Image.Image:
+class ImageFileNotFoundError(FileNotFoundError, ValueError):
+    """A missing image file: a `FileNotFoundError`, and a `ValueError` like every other bad image."""
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _open_image_file(path: str, label: str | None = None) -> Image.Image:
+    """The one place an image file or URL is opened (processor, training data, evaluation, chat,
+    demo and server all come through `load_image_rgb`). ``label``: how messages call the file."""
+    label = label or path
     if path.startswith(("http://", "https://", "data:")):
         from transformers.image_utils import load_image
 
         try:
             return load_image(path)
         except Exception as err:  # network and decoding errors all mean "could not read this image"
-            raise ValueError(f"could not load image from {path[:200]!r}: {err}") from err
+            raise ValueError(f"could not load image from {label[:200]!r}: {_one_line(err)}") from err
+    path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise ValueError(f"image file not found: {path!r}")
+        raise ImageFileNotFoundError(f"image {label} does not exist")
     if os.path.isdir(path):
-        raise ValueError(f"image path is a directory, not an image file: {path!r}")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image file {path!r} (corrupt or not an image): {err}") from err
-    return image
+        raise ValueError(f"image {label} is a folder, not an image file")
+    return _decode(lambda: Image.open(path), label)
 
 
 def _open_image_bytes(data: bytes) -> Image.Image:
+    return _decode(lambda: Image.open(io.BytesIO(data)), "the image bytes")
+
+
+def _decode(open_image, label: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image()
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image bytes (corrupt or not an image): {err}") from err
+    except UnidentifiedImageError:
+        raise ValueError(f"{label} is not an image file that can be read (PNG, JPEG, WebP, ... expected)") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{label} is too large to open safely: {_one_line(err)}") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"{label} could not be read as an image (damaged or truncated file: "
+                         f"{_one_line(err)})") from None
     return image
 
 
@@ -236,10 +253,11 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
         raise ValueError(f"cannot convert image of mode {image.mode!r} to RGB: {err}") from err
 
 
-def load_image_rgb(image: Any, channels_first: bool | None = None) -> Image.Image:
-    """Convert one supported input (see module docstring) to an 8-bit RGB PIL image, with checks."""
+def load_image_rgb(image: Any, channels_first: bool | None = None, name: str | None = None) -> Image.Image:
+    """Convert one supported input (see module docstring) to an 8-bit RGB PIL image, with checks.
+    ``name``: how to call a file in error messages (default: the path as given)."""
     if isinstance(image, (str, os.PathLike)):
-        image = _open_image_file(os.fspath(image))
+        image = _open_image_file(os.fspath(image), name)
     elif isinstance(image, bytes):
         image = _open_image_bytes(image)
     if isinstance(image, Image.Image):
