@@ -174,7 +174,7 @@ def training_step(dev: Device, model, batch_size: int, text_tokens: int, peak: d
     seconds = best_time(dev, step, 2)
     flops = 3 * fwd
     row = {"batch_size": batch_size, "seq_len": batch["input_ids"].shape[1], "gradient_checkpointing": True,
-           "parameters": sum(p.numel() for p in model.parameters()), "tokens": batch["input_ids"].numel(),
+           "parameters": model.num_parameters(), "tokens": batch["input_ids"].numel(),
            "seconds": seconds, "forward_flops": fwd, "model_flops": flops, "tflops_per_s": flops / seconds / 1e12,
            "mfu_vs_measured_peak": flops / seconds / 1e12 / peak["tflops"], "peak_memory_gib": dev.peak_gib()}
     if peak["nominal_bf16_tflops"]:

@@ -53,7 +53,7 @@ def child(args) -> dict:
         model.load_state_dict(state)
         del state
     seconds = time.perf_counter() - start
-    n = sum(p.numel() for p in model.parameters())
+    n = model.num_parameters()
     return {"variant": args.variant, "seconds": seconds, "peak_rss_gib": peak_rss_gib(), "parameters": n}
 
 

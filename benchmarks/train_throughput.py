@@ -100,7 +100,7 @@ def measure(name: str, steps: int, device: str, dtype_name: str, checkpointing: 
     sync()
     seconds = (time.perf_counter() - start) / steps
     tokens = batch["input_ids"].numel()
-    row = {"model": name, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    row = {"model": name, "params_M": round(model.num_parameters() / 1e6, 2),
            "batch_size": bs, "seq_len": batch["input_ids"].shape[1], "s_per_step": round(seconds, 4),
            "samples_per_s": round(bs / seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
            "peak_rss_gib": round(peak_rss_gib(), 2), "checkpointing": checkpointing, "dtype": dtype_name}

@@ -115,7 +115,7 @@ def test_model_card_metadata_and_expert_table(release, tiny):
         cfg = vision.expert_config(name)
         row = next(line for line in card.text.splitlines() if line.startswith(f"| `{name}` |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[2:] == [f"{cfg.input_size} px", str(cfg.out_channels),
+        assert cells[2:] == [f"{cfg.input_size} px", str(vision.channel_offsets[name]), str(cfg.out_channels),
                              hub.human_count(counts[f"vision_tower.{name}"])]
     grid = vision.grid_size
     assert f"| Token grid | {grid} x {grid} = {grid ** 2} tokens per image |" in card.text

@@ -166,6 +166,15 @@ def test_converted_folder_layout(converted):
     card = (dst / "README.md").read_text()
     assert "AutoModelForImageTextToText" in card
     assert all(f"`{name}`" in card for name in config.vision_config.expert_order)
+    # The converter writes the card with eagle_hf.hub's one writer, with its source paragraph.
+    from eagle_hf import hub
+
+    assert hub.card_is_generated(dst)
+    assert "Converted by `eagle-hf convert`" in card and f"(`mm_vision_tower` = `{raw['mm_vision_tower']}`)" in card
+    counts = hub.parameter_counts(dst)
+    for name in config.vision_config.expert_order:
+        row = next(line for line in card.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.rstrip(" |").endswith(hub.human_count(counts[f"vision_tower.{name}"]))
 
 
 def test_test_image_recipe_checksums():

@@ -136,8 +136,10 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
                base_models: list[str] | None = None, tags: list[str] | None = None,
                datasets: list[str] | None = None, language: list[str] | None = None,
                remote_code: bool = False, processor_info: dict[str, Any] | None = None,
-               model_name: str | None = None) -> str:
-    """README.md text: YAML metadata + description of the expert mix + runnable usage."""
+               model_name: str | None = None, provenance: str | None = None) -> str:
+    """README.md text: YAML metadata + description of the expert mix + runnable usage.
+    ``provenance``: a Markdown paragraph on where the weights come from (``eagle-hf convert``
+    writes the source checkpoint and dtype there)."""
     from huggingface_hub import ModelCardData
 
     from .modeling.registry import get_expert
@@ -155,6 +157,7 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
     grid = vision.grid_size
 
     expert_rows = []
+    offsets = vision.channel_offsets if vision.fusion == "channel_concat" else {}
     for expert in vision.expert_order:
         cfg = vision.expert_config(expert)
         try:
@@ -163,7 +166,7 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
             description = expert
         params = counts.get(f"vision_tower.{expert}")
         expert_rows.append(
-            f"| `{expert}` | {description} | {cfg.input_size} px | {cfg.out_channels} | "
+            f"| `{expert}` | {description} | {cfg.input_size} px | {offsets.get(expert, 'n/a')} | {cfg.out_channels} | "
             f"{human_count(params) if params else 'n/a'} |"
         )
     projector = {"mlp": f"MLP, {config.projector_depth} linear layers with {config.projector_hidden_act}",
@@ -194,6 +197,7 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
         "expert's feature map to one shared token grid, concatenates the maps on channels and projects them "
         "into the language model with an MLP.",
         "",
+        *([provenance.strip(), ""] if provenance else []),
         "## Model",
         "",
         "| | |",
@@ -202,6 +206,7 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
         f"| Shared input | {vision.image_size} x {vision.image_size} px (padded to square) |",
         f"| Token grid | {grid} x {grid} = {grid * grid} tokens per image |",
         f"| Fused channels | {vision.hidden_size} |",
+        f"| Image placeholder | token id {config.image_token_id}, expanded to {config.image_seq_length} tokens |",
         f"| Projector | {projector}, {vision.hidden_size} -> {text.hidden_size} |",
         f"| Language model | `{text.model_type}`, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
         f"vocabulary {text.vocab_size} |",
@@ -214,8 +219,11 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
         "",
         "### Vision experts",
         "",
-        "| Expert | Architecture | Input | Channels | Parameters |",
-        "|---|---|---|---|---|",
+        ("Concatenated on channels in this order (channel offset: where the expert's block starts)."
+         if offsets else f"Fused by `{vision.fusion}`, in this order."),
+        "",
+        "| Expert | Architecture | Input | Channel offset | Channels | Parameters |",
+        "|---|---|---|---|---|---|",
         *expert_rows,
         "",
         "## Usage",
@@ -257,14 +265,15 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
 
 
 def write_model_card(folder: str | os.PathLike, model=None, processor=None, *, repo_id: str | None = None,
-                     **card_kwargs) -> Path:
-    """Write README.md into ``folder`` from the model (or from the folder's config and weights)."""
+                     counts: dict[str, int] | None = None, **card_kwargs) -> Path:
+    """Write README.md into ``folder`` from the model (or from the folder's config and weights).
+    ``counts``: `parameter_counts` when the caller already has them."""
     folder = Path(folder)
     if model is not None:
-        config, counts = model.config, parameter_counts(model)
+        config, counts = model.config, counts or parameter_counts(model)
     else:
         config = load_config(folder)
-        counts = parameter_counts(folder)
+        counts = counts or parameter_counts(folder)
     remote = card_kwargs.pop("remote_code", None)
     if remote is None:
         remote = bool(_auto_map(folder))

@@ -19,6 +19,7 @@ import torch
 from ..modeling.configuration_eagle import EagleVLConfig
 from ..modeling.expert_eva import eva_rope_table
 from ..atomic import atomic_folder, pause_point
+from ..hub import parameter_counts, write_model_card
 from .legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
 from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
 from .checkpoint_io import (
@@ -52,18 +53,13 @@ def infer_template(config: EagleVLConfig) -> str | None:
 
 def _expected_tensors(config: EagleVLConfig) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], dict[str, int]]:
     """Every persistent tensor of the native model (built on the meta device: no memory) and
-    the parameter count of each vision expert."""
+    its parameter counts per part (`eagle_hf.hub.parameter_counts`, for the model card)."""
     with torch.device("meta"):
         model = EagleVLForConditionalGeneration(config)
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)  # saved once, under the embedding
-    sizes = {name: sum(p.numel() for p in expert.parameters())
-             for name, expert in model.model.vision_tower.experts.items()}
-    sizes["language_model"] = sum(p.numel() for p in model.model.language_model.parameters()) + sum(
-        p.numel() for p in model.lm_head.parameters())
-    sizes["projector"] = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
-    return expected, sizes
+    return expected, parameter_counts(model)
 
 
 def _listing(keys, limit: int = 20) -> str:
@@ -76,10 +72,10 @@ def _listing(keys, limit: int = 20) -> str:
 def plan_conversion(source: SourceCheckpoint, legacy: EagleLlamaConfig, native: EagleVLConfig) -> tuple[dict, dict]:
     """Map native key -> original key (or a computed value) and check the result strictly.
 
-    Returns (plan, sizes): plan[native_key] is the original key, or a tensor for an EVA RoPE
+    Returns (plan, counts): plan[native_key] is the original key, or a tensor for an EVA RoPE
     table the source does not carry (they are derived; computed exactly as the model's init).
     """
-    expected, sizes = _expected_tensors(native)
+    expected, counts = _expected_tensors(native)
     mapping = rename_legacy_keys(source.keys(), legacy)
     plan: dict[str, str | torch.Tensor] = {}
     collisions, unexpected, dropped = [], [], []
@@ -140,7 +136,7 @@ def plan_conversion(source: SourceCheckpoint, legacy: EagleLlamaConfig, native: 
     source_order = {o: i for i, o in enumerate(source.keys())}
     ordered = sorted(plan, key=lambda k: (source_order.get(plan[k], math.inf) if isinstance(plan[k], str)
                                           else math.inf, order[k]))
-    return {k: plan[k] for k in ordered}, sizes
+    return {k: plan[k] for k in ordered}, counts
 
 
 def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | torch.dtype | None = None,
@@ -175,7 +171,7 @@ def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         raise ValueError(f"{src}/config.json: {err}") from err
     native = EagleVLConfig.from_dict(legacy.native_dict())
     source = SourceCheckpoint(src)
-    plan, sizes = plan_conversion(source, legacy, native)
+    plan, counts = plan_conversion(source, legacy, native)
 
     # The config's dtype must describe the tensors as written (the original's torch_dtype may not).
     float_dtypes = {source.info(o).dtype for o in plan.values()
@@ -225,8 +221,8 @@ def convert_original_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, 
         _save_generation_config(src, native, tmp)
         template_name = template or infer_template(native)
         saved_tokenizer = _save_processors(src, native, legacy, tmp, template_name)
-        (tmp / "README.md").write_text(_model_card(src, legacy, native, sizes, written_dtype, out_dtype is not None,
-                                                   template_name, saved_tokenizer))
+        write_model_card(tmp, repo_id=str(dst), counts=counts, model_name=f"{src.name} (eagle-hf)",
+                         provenance=_provenance(src, legacy, written_dtype, out_dtype is not None, saved_tokenizer))
     return dst
 
 
@@ -290,54 +286,15 @@ def _save_processors(src: Path, native: EagleVLConfig, legacy: EagleLlamaConfig,
     return True
 
 
-def _model_card(src: Path, legacy: EagleLlamaConfig, native: EagleVLConfig, sizes: dict[str, int],
-                dtype: torch.dtype | None, cast: bool, template: str | None, with_tokenizer: bool) -> str:
-    vision = native.vision_config
-    rows = []
-    for name in vision.expert_order:
-        cfg = vision.expert_config(name)
-        size = getattr(cfg, "input_size", None) or getattr(cfg, "image_size", "")
-        rows.append(f"| `{name}` | {vision.channel_offsets[name]} | {vision.expert_channels[name]} | {size} | "
-                    f"{sizes[name] / 1e6:,.1f} M |")
-    text = native.text_config
-    load = "AutoProcessor" if with_tokenizer else "AutoImageProcessor"
+def _provenance(src: Path, legacy: EagleLlamaConfig, dtype: torch.dtype | None, cast: bool,
+                with_tokenizer: bool) -> str:
+    """The converted folder's model card paragraph on its source (the rest is `hub.model_card`'s)."""
     dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else "as saved"
-    no_tokenizer_note = "" if with_tokenizer else (
-        "\nThe source folder had no tokenizer: only the image processor is included.\n")
-    return f"""---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags: [eagle, eagle-hf, vision-language, mixture-of-vision-experts]
----
-
-# {src.name} (eagle-hf)
-
-eagle-hf (transformers-native) conversion of the original [NVlabs EAGLE](https://github.com/NVlabs/EAGLE)
-checkpoint `{src.name}` (`mm_vision_tower` = `{legacy.legacy_vision_tower}`), written by `eagle-hf convert`.
-Weights are unchanged apart from renaming{f" and the cast to {dtype_name}" if cast else ""};
-they are stored as `{dtype_name}` safetensors.
-
-## Vision experts (concatenated on channels in this order)
-
-| expert | channel offset | channels | input size | parameters |
-| --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
-
-Fused features: {vision.num_image_tokens} tokens x {vision.hidden_size} channels per image
-({vision.image_size}x{vision.image_size} input); projector `{native.projector_type}`
-(depth {native.projector_depth}) to the LLM width {text.hidden_size}.
-Language model: {text.model_type}, {text.num_hidden_layers} layers, hidden {text.hidden_size},
-vocabulary {text.vocab_size} ({sizes['language_model'] / 1e6:,.1f} M parameters).
-The image placeholder `<image>` has id {native.image_token_id}; the processor expands it to
-{native.image_seq_length} tokens. Chat template: `{template or 'none'}`.
-{no_tokenizer_note}
-## Usage
-
-```python
-import eagle_hf  # registers EAGLE with the transformers Auto classes
-from transformers import AutoModelForImageTextToText, {load}
-
-model = AutoModelForImageTextToText.from_pretrained("PATH")
-processor = {load}.from_pretrained("PATH")
-```
-"""
+    text = (f"Converted by `eagle-hf convert` from the original [NVlabs EAGLE](https://github.com/NVlabs/EAGLE) "
+            f"checkpoint `{src.name}` (`mm_vision_tower` = `{legacy.legacy_vision_tower}`). Weights are unchanged "
+            f"apart from renaming{f' and the cast to {dtype_name}' if cast else ''}; they are stored as "
+            f"`{dtype_name}` safetensors.")
+    if not with_tokenizer:
+        text += (" The source folder had no tokenizer: only the image processor is included (load it with "
+                 "`AutoImageProcessor`; the snippets below need a processor built with the base LLM's tokenizer).")
+    return text
