@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, print_table  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 
 SMALL_TEXT = dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=8, vocab_size=2048, max_position_embeddings=1024)
@@ -81,7 +82,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args()
-    model = build(args.device, getattr(torch, args.dtype))
+    model = build(args.device, parse_dtype(args.dtype))
     rows = [measure(model, b, args.new_tokens, args.prompt_len, args.device) for b in args.batch_sizes]
     for r in rows:
         r["speedup_vs_batch1"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)

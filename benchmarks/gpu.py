@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, peak_rss_gib  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 from generation import measure as measure_generation  # noqa: E402
 from train_throughput import PEAK_TFLOPS  # noqa: E402
 
@@ -194,7 +195,7 @@ def main(argv=None) -> dict:
     p.add_argument("--new-tokens", type=int, default=None, help="default 32 (tiny: 4)")
     p.add_argument("--train-batch-size", type=int, default=8)
     args = p.parse_args(argv)
-    dev, dtype = Device(args.device), getattr(torch, args.dtype)
+    dev, dtype = Device(args.device), parse_dtype(args.dtype)
     start = time.perf_counter()
     repeats = 1 if args.tiny else 3
     peak = matmul_peak(dev, dtype, 256 if args.tiny else 8192, repeats)

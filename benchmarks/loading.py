@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, peak_rss_gib, print_table, run_isolated  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 
 
 def checkpoint(workdir: Path, dtype: torch.dtype) -> Path:
@@ -42,7 +43,7 @@ def child(args) -> dict:
     import eagle_hf  # noqa: F401
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    dtype = getattr(torch, args.dtype)
+    dtype = parse_dtype(args.dtype)
     start = time.perf_counter()
     if args.variant == "eagle_hf":
         model = AutoModelForImageTextToText.from_pretrained(args.path, dtype=dtype)
@@ -67,7 +68,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(child(args)))
         return
-    path = checkpoint(Path(args.workdir), getattr(torch, args.dtype))
+    path = checkpoint(Path(args.workdir), parse_dtype(args.dtype))
     size_gib = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**30
     rows = [run_isolated(__file__, ["--variant", v, "--path", str(path), "--dtype", args.dtype])
             for v in ("baseline", "eagle_hf")]

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, timed  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype)
+    dtype = parse_dtype(args.dtype)
     cfg = EagleSamExpertConfig(**get_expert("sam").preset("tiny" if args.tiny else "full_size"))
     cfg._attn_implementation = "sdpa"
     side = cfg.image_size // cfg.patch_size

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, peak_rss_gib, print_table, run_isolated  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -72,7 +73,7 @@ def count_flops(model, batch) -> int:
 
 
 def measure(name: str, steps: int, device: str, dtype_name: str, checkpointing: bool, batch_size: int | None) -> dict:
-    dtype = getattr(torch, dtype_name)
+    dtype = parse_dtype(dtype_name)
     model = build(name).to(device, dtype).train()
     if checkpointing:
         model.activation_checkpointing_enable()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, peak_rss_gib, print_table, run_isolated, timed  # noqa: E402
+from eagle_hf.dtypes import parse_dtype  # noqa: E402
 
 VARIANTS = ["baseline", "eagle_hf", "eagle_hf_channels_last", "eagle_hf_compile"]
 
@@ -88,7 +89,7 @@ def eagle_forward(tower, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict
 
 
 def run_variant(args) -> dict:
-    dtype = getattr(torch, args.dtype)
+    dtype = parse_dtype(args.dtype)
     device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     t0 = time.perf_counter()

@@ -183,7 +183,7 @@ def test_projector_shapes(kind, depth, n_linear):
     cfg = preset_config("tiny", projector_type=kind, projector_depth=depth)
     projector = seeded_model(cfg).model.multi_modal_projector
     linears = [m for m in projector.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == n_linear
+    assert len(linears) == n_linear == cfg.projector_layers
     assert linears[0].in_features == cfg.vision_config.hidden_size
     assert all(m.out_features == cfg.text_config.hidden_size for m in linears)
     features = torch.randn(2, 5, cfg.vision_config.hidden_size)
@@ -193,6 +193,7 @@ def test_projector_shapes(kind, depth, n_linear):
 def test_identity_projector_with_matching_widths():
     width = preset_config("tiny").vision_config.hidden_size
     cfg = preset_config("tiny", text_config={**TINY_TEXT, "hidden_size": width}, projector_type="identity")
+    assert cfg.projector_layers == 0
     model = seeded_model(cfg)
     assert list(model.model.multi_modal_projector.parameters()) == []
     pixel_values = make_pixel_values(cfg, 1)

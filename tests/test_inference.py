@@ -83,6 +83,22 @@ def test_device_and_dtype_choice():
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'int4'"):
         resolve_dtype("int4", torch.device("cpu"))
+
+
+def test_one_dtype_table():
+    """Chat, convert, lmms-eval and the benchmarks all read dtype names through eagle_hf.dtypes."""
+    from eagle_hf.dtypes import DTYPE_CHOICES, DTYPE_NAMES, parse_dtype
+
+    expected = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    assert {name: parse_dtype(name) for name in DTYPE_NAMES} == expected
+    assert parse_dtype("torch.bfloat16") is torch.bfloat16 and parse_dtype(torch.float16) is torch.float16
+    assert parse_dtype(None) is None
+    assert set(DTYPE_CHOICES) == {str(d).removeprefix("torch.") for d in expected.values()}
+    for name in DTYPE_NAMES:
+        assert resolve_dtype(name, torch.device("cpu")) is parse_dtype(name)
+    with pytest.raises(ValueError, match=r"unknown dtype 'float8' \(use float32, bfloat16, float16; aliases: fp32"):
+        parse_dtype("float8")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
 

@@ -641,3 +641,22 @@ def test_deepspeed_two_processes_on_the_cpu(vqa, tmp_path, config):
     assert summary["distributed"] == "DEEPSPEED" and summary["world_size"] == 2 and summary["steps"] == 2
     before, after = _weights(base), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_one_ignore_index_and_image_token():
+    """The labels the processor and the collator write are the ones the model's loss skips, and the
+    image placeholder of data rows, tokenizers, conversion and the processor is one string."""
+    import inspect
+
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from eagle_hf.modeling import modeling_eagle
+    from eagle_hf.processing import IMAGE_TOKEN, EagleProcessor
+    from eagle_hf.training import data, tokenizer
+
+    assert IGNORE_INDEX == modeling_eagle.IGNORE_INDEX == -100
+    assert inspect.signature(ForCausalLMLoss).parameters["ignore_index"].default == IGNORE_INDEX
+    assert IMAGE_TOKEN == "<image>"
+    assert data.IMAGE_TOKEN is tokenizer.IMAGE_TOKEN is IMAGE_TOKEN
+    assert inspect.signature(EagleProcessor.__init__).parameters["image_token"].default == IMAGE_TOKEN
+

@@ -169,7 +169,7 @@ def model_card(config, counts: dict[str, int] | None = None, *, repo_id: str, li
             f"| `{expert}` | {description} | {cfg.input_size} px | {offsets.get(expert, 'n/a')} | {cfg.out_channels} | "
             f"{human_count(params) if params else 'n/a'} |"
         )
-    projector = {"mlp": f"MLP, {config.projector_depth} linear layers with {config.projector_hidden_act}",
+    projector = {"mlp": f"MLP, {config.projector_layers} linear layers with {config.projector_hidden_act}",
                  "linear": "one linear layer", "identity": "identity"}[config.projector_type]
     text_params = counts.get("language_model", 0) + counts.get("lm_head", 0)
     snippets = usage_snippets(repo_id, remote_code=remote_code)

@@ -22,17 +22,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .dtypes import parse_dtype
 from .modeling.validation import check_processor_matches_model
 
 # model_type values this package can run: native folders and original NVlabs checkpoints.
 EAGLE_MODEL_TYPES = {"eagle_vl": "eagle-hf", "eagle_llama": "original EAGLE"}
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
 
 class ContextLengthError(ValueError):
     """The conversation no longer fits the model's context window."""
@@ -79,9 +73,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
         if device.type == "mps":
             return torch.float16
         return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r} (use auto, {', '.join(sorted(set(DTYPES) - {'half'}))})")
-    return DTYPES[name]
+    return parse_dtype(name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..convert.convert_eagle_weights_to_hf import TEMPLATE_BY_VOCAB
+    from ..dtypes import DTYPE_CHOICES
 
     inferred = ", ".join(f"{v} -> {t}" for v, t in TEMPLATE_BY_VOCAB.items())
     parser.add_argument("src", help="folder of the original checkpoint (config.json with model_type eagle_llama, "
                                     "model*.safetensors or pytorch_model*.bin, optional tokenizer files)")
     parser.add_argument("dst", help="output folder (must not exist or be empty, unless --overwrite)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="cast floating weights (default: keep the source's dtype)")
     parser.add_argument("--template", default=None,
                         help=f"chat template name (default: inferred from the LLM vocabulary size: {inferred})")

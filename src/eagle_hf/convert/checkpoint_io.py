@@ -34,18 +34,6 @@ _DTYPE_TO_ST = {
 }
 _ST_TO_DTYPE = {v: k for k, v in _DTYPE_TO_ST.items()}
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def parse_size(size: int | str) -> int:
     """'5GB' / '500MB' / '2GiB' / 1234 -> bytes (decimal units, as transformers' max_shard_size)."""
     if isinstance(size, int):

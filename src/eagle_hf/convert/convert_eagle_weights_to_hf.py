@@ -19,13 +19,14 @@ import torch
 from ..modeling.configuration_eagle import EagleVLConfig
 from ..modeling.expert_eva import eva_rope_table
 from ..atomic import atomic_folder, pause_point
+from ..dtypes import parse_dtype
 from ..hub import parameter_counts, write_model_card
+from ..processing import IMAGE_TOKEN
 from .legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
 from ..modeling.modeling_eagle import EagleVLForConditionalGeneration
 from .checkpoint_io import (
     SourceCheckpoint,
     nbytes,
-    parse_dtype,
     parse_size,
     plan_shards,
     shard_names,
@@ -41,7 +42,6 @@ from .checkpoint_io import (
 TEMPLATE_BY_VOCAB = {32000: "vicuna_v1", 128256: "llama3", 128257: "llama3", 64000: "yi_34b_chatml_direct"}
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tiktoken.model")
-IMAGE_TOKEN = "<image>"
 _ROPE_TABLE = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
 _ROPE_ALIAS = re.compile(r"\.blocks\.\d+\.attn\.rope\.freqs_(cos|sin)$")
 

@@ -38,23 +38,20 @@ class EagleLMMs(lmms):
     def __init__(self, pretrained: str, device: str | None = None, dtype: str | None = None, batch_size: int | str = 1,
                  max_new_tokens: int | str = 16, template: str | None = None, **kwargs):
         super().__init__()
-        import torch
-
+        from ..dtypes import parse_dtype
         from ..training.evaluation import load_for_eval
 
         ignored = sorted(k for k, v in kwargs.items() if v is not None)
         if ignored:
             logger.warning("eagle_hf ignores the lmms-eval arguments %s", ignored)
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-            raise ValueError(f"dtype must name a torch dtype (float32, bfloat16, float16), got {dtype!r}")
-        self.model, self.processor = load_for_eval(pretrained, device=device, dtype=torch_dtype)
+        self.model, self.processor = load_for_eval(pretrained, device=device, dtype=parse_dtype(dtype))
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.template = template
 
     def generate_until(self, requests) -> list[str]:
-        from ..training.data import IMAGE_PLACEHOLDER, Example
+        from ..processing import IMAGE_TOKEN
+        from ..training.data import Example
         from ..training.evaluation import generate_answers
 
         answers: list[str] = []
@@ -68,7 +65,7 @@ class EagleLMMs(lmms):
             key = (int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), tuple(_until(gen_kwargs)))
             visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
             images = [v for v in (visuals or []) if v is not None]
-            text = context.replace(IMAGE_PLACEHOLDER, "").strip() if images else context
+            text = context.replace(IMAGE_TOKEN, "").strip() if images else context
             content = [{"type": "image"}] * len(images) + [{"type": "text", "text": text}]
             example = Example(id=doc_id, messages=[{"role": "user", "content": content}], images=images)
             if groups and groups[-1][0] == key:

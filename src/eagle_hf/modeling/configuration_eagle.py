@@ -148,6 +148,10 @@ EagleVisionConfig.sub_configs_defaults = EXPERT_SLOTS
 _BUILTIN_SLOTS = frozenset(EXPERT_SLOTS)
 
 
+# projector_type -> its number of Linear layers (an MLP's is projector_depth).
+PROJECTOR_TYPES = {"mlp": None, "linear": 1, "identity": 0}
+
+
 @strict
 class EagleVLConfig(PreTrainedConfig):
     """EAGLE: a mixture of vision experts, an MLP projector and any causal LM.
@@ -199,8 +203,9 @@ class EagleVLConfig(PreTrainedConfig):
         check_positive_sizes(self.text_config, "text_config")
 
     def validate_projector(self):
-        if self.projector_type not in ("mlp", "linear", "identity"):
-            raise ValueError(f"projector_type must be 'mlp', 'linear' or 'identity', got {self.projector_type!r}")
+        if self.projector_type not in PROJECTOR_TYPES:
+            *others, last = map(repr, PROJECTOR_TYPES)
+            raise ValueError(f"projector_type must be {', '.join(others)} or {last}, got {self.projector_type!r}")
         if self.projector_type == "mlp" and self.projector_depth < 1:
             raise ValueError(f"projector_depth must be >= 1, got {self.projector_depth}")
         if self.projector_type == "identity" and self.vision_config.hidden_size != self.text_config.hidden_size:
@@ -208,6 +213,13 @@ class EagleVLConfig(PreTrainedConfig):
                 f"an identity projector needs the fused vision channels ({self.vision_config.hidden_size}) to equal "
                 f"the LLM hidden size ({self.text_config.hidden_size})"
             )
+
+    @property
+    def projector_layers(self) -> int:
+        """Linear layers in the projector (``linear_1 .. linear_N``): ``projector_depth`` for an MLP,
+        1 for ``linear``, 0 for ``identity``. The model, the original-key renaming and the model card
+        all read it here."""
+        return self.projector_depth if self.projector_type == "mlp" else PROJECTOR_TYPES[self.projector_type]
 
     @property
     def image_seq_length(self) -> int:

@@ -3,6 +3,7 @@
 
 
 import importlib
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MultimodalBaseModelOutputWithPast,
@@ -38,7 +40,10 @@ from .validation import (
     explain_image_token_mismatch,
 )
 
-IGNORE_INDEX = -100
+# The label value transformers' causal-LM loss skips, read from the loss itself (this file cannot
+# import eagle_hf.processing, whose IGNORE_INDEX the processor and the collator write; a test
+# checks that the two agree).
+IGNORE_INDEX = inspect.signature(ForCausalLMLoss).parameters["ignore_index"].default
 
 logger = logging.get_logger(__name__)
 
@@ -68,8 +73,7 @@ class EagleMultiModalProjector(nn.Module):
     def __init__(self, config: EagleVLConfig):
         super().__init__()
         in_dim, out_dim = config.vision_config.hidden_size, config.text_config.hidden_size
-        depth = {"mlp": config.projector_depth, "linear": 1, "identity": 0}[config.projector_type]
-        self.depth = depth
+        depth = self.depth = config.projector_layers
         for i in range(depth):
             self.add_module(f"linear_{i + 1}", nn.Linear(in_dim if i == 0 else out_dim, out_dim,
                                                           bias=config.multimodal_projector_bias))

@@ -5,6 +5,7 @@ to a checkpoint for ``trust_remote_code`` loading; they never import ``eagle_hf.
 """
 
 from .chat_templates import (
+    IMAGE_TOKEN,
     TEMPLATE_ALIASES,
     TEMPLATES,
     ConversationTemplate,
@@ -32,6 +33,7 @@ __all__ = [
     "EagleProcessor",
     "EagleProcessorKwargs",
     "IGNORE_INDEX",
+    "IMAGE_TOKEN",
     "ConversationTemplate",
     "TEMPLATES",
     "TEMPLATE_ALIASES",

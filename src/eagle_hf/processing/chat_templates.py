@@ -42,6 +42,7 @@ from typing import Any
 
 
 __all__ = [
+    "IMAGE_TOKEN",
     "ConversationTemplate",
     "TEMPLATES",
     "TEMPLATE_ALIASES",
@@ -53,6 +54,9 @@ __all__ = [
     "jinja_chat_template",
 ]
 
+# The image placeholder of LLaVA-format data and of the original prompts; the processor's default
+# `image_token` (a processor may be saved with another).
+IMAGE_TOKEN = "<image>"
 
 _SEP_STYLES = ("SINGLE", "TWO", "MPT", "PLAIN")
 
@@ -208,7 +212,7 @@ def get_template(name: str | ConversationTemplate) -> ConversationTemplate:
     return TEMPLATES[key]
 
 
-def resolve_template_name(chat_template: str, image_token: str = "<image>") -> str:
+def resolve_template_name(chat_template: str, image_token: str = IMAGE_TOKEN) -> str:
     """``chat_template`` as Jinja source: a conversation template name (``"llama3"``) is rendered
     to its Jinja template; a string without Jinja tags that names no template is refused (it would
     otherwise be rendered as the literal prompt)."""
@@ -249,7 +253,7 @@ def render_with_spans(
     template: str | ConversationTemplate,
     messages: list[dict[str, Any]],
     add_generation_prompt: bool = False,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     bos_token: str | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render ``messages`` and return ``(prompt, assistant_spans)``.
@@ -303,7 +307,7 @@ def render(
     template: str | ConversationTemplate,
     messages: list[dict[str, Any]],
     add_generation_prompt: bool = False,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
     bos_token: str | None = None,
 ) -> str:
     """The prompt string the original ``Conversation.get_prompt`` produced for ``messages``."""
@@ -314,7 +318,7 @@ def assistant_spans(
     template: str | ConversationTemplate,
     messages: list[dict[str, Any]],
     add_generation_prompt: bool = False,
-    image_token: str = "<image>",
+    image_token: str = IMAGE_TOKEN,
 ) -> list[tuple[int, int]]:
     """Character spans of the assistant answers (each with its closing separator) in the rendered prompt."""
     return render_with_spans(template, messages, add_generation_prompt, image_token)[1]
@@ -329,7 +333,7 @@ def _lit(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def jinja_chat_template(template: str | ConversationTemplate, image_token: str = "<image>",
+def jinja_chat_template(template: str | ConversationTemplate, image_token: str = IMAGE_TOKEN,
                         bos_token: bool = False) -> str:
     """A Jinja chat template that renders exactly like :func:`render`.
 

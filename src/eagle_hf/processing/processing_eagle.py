@@ -25,7 +25,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 from transformers.utils import logging
 
-from .chat_templates import get_template, jinja_chat_template, resolve_template_name
+from .chat_templates import IMAGE_TOKEN, get_template, jinja_chat_template, resolve_template_name
 from .image_processing_eagle import (
     EagleImageProcessor,
     EagleImageProcessorKwargs,
@@ -108,7 +108,7 @@ class EagleProcessor(ProcessorMixin):
         image_processor=None,
         tokenizer=None,
         chat_template=None,
-        image_token="<image>",
+        image_token=IMAGE_TOKEN,
         image_seq_length=1024,
         template_name=None,
         **kwargs,

@@ -18,8 +18,8 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-IMAGE_TOKEN = "<image>"
+from ..processing import IMAGE_TOKEN
+from ..training.tokenizer import SPECIAL_TOKENS
 
 # Words of the released chat templates (so a rendered prompt has few <unk>), then everyday words.
 _WORDS = """

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder
-from ..convert.checkpoint_io import nbytes, parse_dtype, plan_shards, shard_names, write_index, write_safetensors
+from ..convert.checkpoint_io import nbytes, plan_shards, shard_names, write_index, write_safetensors
+from ..dtypes import parse_dtype
 
 IMAGE_TOKEN_INDEX = -200  # the original's sentinel for "image features go here"
 

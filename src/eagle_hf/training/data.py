@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..processing import IGNORE_INDEX, load_image_rgb, render_with_spans
+from ..processing import IGNORE_INDEX, IMAGE_TOKEN, load_image_rgb, render_with_spans
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # The original counted 128 words for an image when grouping by length; kept so that a mix of
 # image and text rows is grouped the way the released recipe grouped it.
@@ -117,11 +116,11 @@ def parse_row(row: dict, image_folder: str | Path | None = None, index: int | No
             raise MalformedRowError(row_id, f"turn {k} is from {turn['from']!r} but turns must alternate human/gpt "
                                             "starting with human")
         text = turn["value"]
-        n = text.count(IMAGE_PLACEHOLDER)
+        n = text.count(IMAGE_TOKEN)
         placeholders += n
         if n:
             # As the original training did: the image goes in front of its message, text stripped.
-            text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+            text = text.replace(IMAGE_TOKEN, "").strip()
         messages.append({"role": role, "content": [{"type": "image"}] * n + [{"type": "text", "text": text}]})
     if not any(m["role"] == "user" for m in messages):
         raise MalformedRowError(row_id, "no human turn")
@@ -129,7 +128,7 @@ def parse_row(row: dict, image_folder: str | Path | None = None, index: int | No
         raise MalformedRowError(row_id, "no gpt turn to learn from")
     if placeholders != len(images):
         raise MalformedRowError(
-            row_id, f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the turns but {len(images)} image(s); "
+            row_id, f"{placeholders} {IMAGE_TOKEN} placeholder(s) in the turns but {len(images)} image(s); "
                     "every image needs exactly one placeholder")
     if check_files:
         for source in images:

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ..processing import IMAGE_TOKEN
+
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-IMAGE_TOKEN = "<image>"
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048, extra_special_tokens: Iterable[str] = (),
