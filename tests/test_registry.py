@@ -12,6 +12,7 @@ from conftest import make_inputs
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 
 import eagle_hf
 from eagle_hf import EagleVLForConditionalGeneration, preset_config
@@ -154,3 +155,58 @@ def test_expert_without_tiny_preset_says_how_to_add_one():
             preset_config("tiny", experts=["toy_nopreset"])
     finally:
         unregister_expert("toy_nopreset")
+
+
+class ToyTable(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.register_buffer("values", torch.zeros(width))
+
+
+class ToyExpertWithTable(ToyExpert):
+    """An expert with a buffer computed from its config, which it declares recomputable (as EVA does
+    for its RoPE tables): the generic EAGLE model knows none of these names."""
+
+    _keys_to_ignore_on_load_missing = [r"\.table\.values$"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.table = ToyTable(config.width)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ToyTable):
+            init.copy_(module.values, torch.arange(self.config.width, dtype=torch.float32) / self.config.width)
+
+    def forward(self, pixel_values, **kwargs):
+        return super().forward(pixel_values) * (1 + self.table.values[None, :, None, None])
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_expert_declares_its_recomputed_buffers(tmp_path, declared):
+    from safetensors.torch import load_file, save_file
+
+    cls = ToyExpertWithTable if declared else type("Undeclared", (ToyExpertWithTable,),
+                                                   {"_keys_to_ignore_on_load_missing": None})
+    register_expert("toytable", ToyExpertConfig, tiny=TOY_TINY)(cls)
+    try:
+        torch.manual_seed(0)
+        model = EagleVLForConditionalGeneration(preset_config("tiny", experts=["clip", "toytable"])).eval()
+        torch.testing.assert_close(model.model.vision_tower.toytable.table.values, torch.arange(12.0) / 12)
+        model.save_pretrained(tmp_path)
+        (weights,) = tmp_path.glob("*.safetensors")
+        state = load_file(weights)
+        assert "model.vision_tower.toytable.table.values" in state
+        del state["model.vision_tower.toytable.table.values"]
+        save_file(state, weights, metadata={"format": "pt"})
+        if not declared:
+            with pytest.raises(ValueError, match="expert toytable would be randomly initialised"):
+                EagleVLForConditionalGeneration.from_pretrained(tmp_path)
+            return
+        loaded = EagleVLForConditionalGeneration.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded.model.vision_tower.toytable.table.values, torch.arange(12.0) / 12)
+        inputs = make_inputs(model.config, n_images=1)
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    finally:
+        unregister_expert("toytable")

@@ -205,6 +205,10 @@ class EagleEvaExpert(VisionExpertMixin, PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["EagleEvaBlock"]
     _can_record_outputs = {"hidden_states": EagleEvaBlock, "attentions": EagleEvaAttention}
+    # The RoPE tables are recomputed from the config (`_init_weights`), so a checkpoint may lack them
+    # (the originals save per-block aliases instead). transformers collects this from every child
+    # model, so the mixture and the EAGLE model accept such checkpoints without knowing the names.
+    _keys_to_ignore_on_load_missing = [r"\.rope_(win|glb)\.freqs_(cos|sin)$"]
 
     def __init__(self, config: EagleEvaExpertConfig):
         super().__init__(config)

@@ -4,7 +4,6 @@
 
 import importlib
 import inspect
-import re
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +96,6 @@ class EaglePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
-    # Buffers that are recomputed from the config when a checkpoint lacks them.
-    _derived_buffers = re.compile(r"\.rope_(win|glb)\.freqs_(cos|sin)$")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, written into a temp folder and published atomically:
@@ -143,7 +140,9 @@ class EaglePreTrainedModel(PreTrainedModel):
             raise
         order = model.config.vision_config.expert_order
         check_mismatched_shapes(info, source, order, list_experts(), user_ignores_sizes)
-        missing = sorted(k for k in info.get("missing_keys", ()) if not cls._derived_buffers.search(k))
+        # Buffers an expert recomputes from its config are left out by transformers already: each expert
+        # declares them in its `_keys_to_ignore_on_load_missing`, which post_init collects from children.
+        missing = sorted(info.get("missing_keys", ()))
         refused = [k for k in missing if cls._is_base_model_key(model, k)]
         if refused and not want_info and not user_ignores_sizes:
             shown = ", ".join(refused[:12]) + (f" ... ({len(refused)} in all)" if len(refused) > 12 else "")
