@@ -90,12 +90,16 @@ def run(args: argparse.Namespace) -> int:
                                seed=args.seed, generator=args.generator)
     common = dict(image_folder=str(paths["image_folder"]), batch_size=64, max_new_tokens=4)
 
-    def measure(folder: Path, name: str, blank: bool = False) -> dict:
+    def measure(folder: Path, name: str, blank_too: bool = False) -> dict:
+        """Scores (and, with ``blank_too``, blank-image scores) and the probe of one saved model,
+        loaded once."""
         model, processor = load_for_eval(str(folder))
-        scores, predictions = evaluate(model, processor, str(paths["test"]), blank_images=blank, **common)
-        if not blank:
-            features[name] = probe(model, processor, paths["train"], paths["test"], paths["image_folder"])
-        return {"scores": scores, "predictions": predictions}
+        scores, predictions = evaluate(model, processor, str(paths["test"]), **common)
+        features[name] = probe(model, processor, paths["train"], paths["test"], paths["image_folder"])
+        result = {"scores": scores, "predictions": predictions}
+        if blank_too:
+            result["blank"], _ = evaluate(model, processor, str(paths["test"]), blank_images=True, **common)
+        return result
 
     # The random model and its tokenizer (learnt from the training text), saved so that the first
     # stage starts from a folder like every other, and its features can be probed before training.
@@ -133,9 +137,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"      loss curve: {plot}")
 
     print("[3/4] evaluating on held-out images (eagle-hf eval), then with blank images (text-only baseline)")
-    final = measure(model_dir, "final")
-    with_image, predictions = final["scores"], final["predictions"]
-    text_only = measure(model_dir, "blank", blank=True)["scores"]
+    final = measure(model_dir, "final", blank_too=True)
+    with_image, predictions, text_only = final["scores"], final["predictions"], final["blank"]
     prior = answer_prior(paths["test"])
     held_out = held_out_score(predictions, paths["test"])
 

@@ -29,6 +29,7 @@ def object_features(model, processor, rows: Sequence[dict], image_folder, batch_
     """``(features [objects, channels], {attribute: labels})`` for every object alone in its grid
     cell (two objects sharing a token would make the label ambiguous)."""
     grid = model.config.vision_config.grid_size
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     feats, labels = [], {a: [] for a in attributes}
@@ -36,7 +37,6 @@ def object_features(model, processor, rows: Sequence[dict], image_folder, batch_
         chunk = rows[start:start + batch_size]
         images = [load_image_rgb(Path(image_folder) / r["image"]) for r in chunk]
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        device = next(model.parameters()).device
         fused = model.model.get_image_features(pixels.to(device, model.dtype)).last_hidden_state.float().cpu()
         for row, tokens in zip(chunk, fused):
             cells = [min(grid - 1, int(o["y"] * grid)) * grid + min(grid - 1, int(o["x"] * grid)) for o in row["objects"]]

@@ -221,6 +221,12 @@ def random_scene(rng: random.Random, gen: Generator, allow_held_out: bool) -> li
             for (c, s), size, (x, y) in zip(chosen, sizes, _positions(rng, gen, sizes))]
 
 
+def _scene_record(shapes: list[Shape]) -> list[dict]:
+    """A scene's objects as written into its rows (centre and size as fractions of the image)."""
+    return [{"color": s.color, "shape": s.shape, "x": round(s.cx, 4), "y": round(s.cy, 4), "size": round(s.size, 4)}
+            for s in shapes]
+
+
 def _question(qtype: str, target: Shape | None, rng: random.Random) -> str:
     wording = rng.choice(WORDINGS[qtype])
     return wording.format(color=target.color, shape=target.shape) if target else wording
@@ -277,8 +283,7 @@ def make_synthetic_vqa(out_dir: str | Path, n_train: int = 6000, n_test: int = 3
             draw_scene(shapes, gen, image_size, rng).save(out / "images" / name)
             qa = scene_questions(shapes, rng, every_object=split == "train", prefer=held_out,
                                 limit=TRAIN_QUESTIONS_PER_IMAGE if split == "train" else None)
-            objects = [{"color": s.color, "shape": s.shape, "x": round(s.cx, 4), "y": round(s.cy, 4),
-                        "size": round(s.size, 4)} for s in shapes]
+            objects = _scene_record(shapes)
             if split == "train":
                 conv = []
                 for k, (_, q, a, _) in enumerate(qa):
@@ -361,8 +366,7 @@ def _make_grouped(out_dir, n_train: int, n_test: int, image_size: int, seed: int
                   ("position", "Are the objects on the left or the right?", s.side),
                   ("count", "How many objects are there?", NUMBERS[len(shapes)])]
             rng.shuffle(qa)
-            objects = [{"color": o.color, "shape": o.shape, "x": round(o.cx, 4), "y": round(o.cy, 4),
-                        "size": round(o.size, 4)} for o in shapes]
+            objects = _scene_record(shapes)
             if split == "train":
                 conv = []
                 for k, (_, q, a) in enumerate(qa):
