@@ -118,7 +118,7 @@ def mixture(dev: Device, dtype: torch.dtype, tiny: bool, batch_sizes, repeats: i
                                 "fraction_of_peak": flops / seconds / 1e12 / peak_tflops,
                                 "peak_memory_gib": dev.peak_gib()}
             print(f"# mixture batch {batch}: {seconds:.3f} s, {rows[str(batch)]['tflops_per_s']:.2f} TFLOP/s", flush=True)
-    del tower
+    tower = None  # drop the last reference before freeing the cache (the closures above read it)
     dev.free()
     return rows
 
@@ -156,7 +156,9 @@ def training_step(dev: Device, model, batch_size: int, text_tokens: int, peak: d
     image = torch.full((batch_size, cfg.image_seq_length), cfg.image_token_id)
     ids = torch.cat([text[:, :4], image, text[:, 4:]], 1)
     labels = ids.clone()
-    labels[:, : 4 + cfg.image_seq_length] = -100  # loss on the text after the image
+    from eagle_hf.processing import IGNORE_INDEX
+
+    labels[:, : 4 + cfg.image_seq_length] = IGNORE_INDEX  # loss on the text after the image
     size = cfg.vision_config.image_size
     batch = {"input_ids": ids.to(dev.name), "attention_mask": torch.ones_like(ids).to(dev.name),
              "labels": labels.to(dev.name),
@@ -180,7 +182,7 @@ def training_step(dev: Device, model, batch_size: int, text_tokens: int, peak: d
            "mfu_vs_measured_peak": flops / seconds / 1e12 / peak["tflops"], "peak_memory_gib": dev.peak_gib()}
     if peak["nominal_bf16_tflops"]:
         row["mfu_vs_nominal_peak"] = flops / seconds / 1e12 / peak["nominal_bf16_tflops"]
-    del optimizer
+    optimizer = None  # drop the optimizer state before the next configuration
     return row
 
 

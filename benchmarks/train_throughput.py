@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, peak_rss_gib, print_table, run_isolated  # noqa: E402
 from eagle_hf.dtypes import parse_dtype  # noqa: E402
+from eagle_hf.processing import IGNORE_INDEX  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -53,11 +54,11 @@ def build(name: str):
 def batch_for(model, batch_size: int, text_tokens: int, device: str, dtype: torch.dtype) -> dict:
     cfg = model.config
     g = torch.Generator().manual_seed(0)
-    text = torch.randint(5, cfg.text_config.vocab_size, (batch_size, text_tokens), generator=g)
+    text = torch.randint(5, cfg.text_config.vocab_size, (batch_size, text_tokens), generator=g)  # above image_token_id=4
     image = torch.full((batch_size, cfg.image_seq_length), cfg.image_token_id)
     ids = torch.cat([text[:, :4], image, text[:, 4:]], 1)
     labels = ids.clone()
-    labels[:, : 4 + cfg.image_seq_length] = -100
+    labels[:, : 4 + cfg.image_seq_length] = IGNORE_INDEX
     size = cfg.vision_config.image_size
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device),
             "pixel_values": torch.randn(batch_size, 3, size, size, generator=g).to(device, dtype)}
