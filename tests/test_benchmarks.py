@@ -59,3 +59,18 @@ def test_gpu_script_runs_on_the_cpu_with_tiny_models(tmp_path):
     assert train["forward_flops"] > 2 * _llm_matmul_params(TINY_LLM) * train["tokens"]
     assert train["mfu_vs_measured_peak"] == pytest.approx(train["model_flops"] / train["seconds"] / 1e12 / peak)
     assert result["peak_memory_gib"] >= max(r["peak_memory_gib"] for r in gen)
+
+
+def test_vision_readout_learns_colour_and_scores_held_out_pairs_apart(tmp_path):
+    """The direct-supervision study: colour (one pixel's worth of evidence) is read off the token
+    under an object within 50 steps, and the held-out pairs are scored as their own rows."""
+    proc = subprocess.run([sys.executable, str(BENCH / "vision_readout.py"), "--data", str(tmp_path / "set"),
+                           "--n-train", "300", "--steps", "50"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = result["rows"]
+    assert [r["step"] for r in rows] == [50]
+    assert rows[0]["colour_seen"] > 0.6  # chance is 0.2
+    assert rows[0]["shape_held_out"] is not None and rows[0]["shape_seen"] is not None
+    written = json.loads((tmp_path / "set" / "test.json").read_text())
+    assert any(r["combo"] == "held_out" for r in written)

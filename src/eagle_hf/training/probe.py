@@ -23,6 +23,13 @@ def _rows(data) -> list[dict]:
     return list(unique.values())
 
 
+def lone_objects(objects: Sequence[dict], grid: int) -> list[tuple[dict, int]]:
+    """``(object, token index)`` for each object of a row's ``objects`` alone in its cell of the
+    ``grid`` x ``grid`` token grid (two objects sharing a token would make the label ambiguous)."""
+    cells = [min(grid - 1, int(o["y"] * grid)) * grid + min(grid - 1, int(o["x"] * grid)) for o in objects]
+    return [(o, c) for o, c in zip(objects, cells) if cells.count(c) == 1]
+
+
 @torch.no_grad()
 def object_features(model, processor, rows: Sequence[dict], image_folder, batch_size: int = 64,
                     attributes: Sequence[str] = ("shape", "color")) -> tuple[torch.Tensor, dict[str, list[str]]]:
@@ -39,12 +46,10 @@ def object_features(model, processor, rows: Sequence[dict], image_folder, batch_
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
         fused = model.model.get_image_features(pixels.to(device, model.dtype)).last_hidden_state.float().cpu()
         for row, tokens in zip(chunk, fused):
-            cells = [min(grid - 1, int(o["y"] * grid)) * grid + min(grid - 1, int(o["x"] * grid)) for o in row["objects"]]
-            for obj, cell in zip(row["objects"], cells):
-                if cells.count(cell) == 1:
-                    feats.append(tokens[cell])
-                    for a in attributes:
-                        labels[a].append(obj[a])
+            for obj, cell in lone_objects(row["objects"], grid):
+                feats.append(tokens[cell])
+                for a in attributes:
+                    labels[a].append(obj[a])
     model.train(was_training)
     return torch.stack(feats), labels
 
