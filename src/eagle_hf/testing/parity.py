@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch
 from ..atomic import atomic_folder
 from ..convert.checkpoint_io import nbytes, plan_shards, shard_names, write_index, write_safetensors
 from ..dtypes import parse_dtype
+
+if TYPE_CHECKING:  # PIL is imported where an image is drawn, not at module import
+    import PIL.Image
 
 IMAGE_TOKEN_INDEX = -200  # the original's sentinel for "image features go here"
 
@@ -225,7 +229,7 @@ def cached_original_checkpoint(fixture_path: str | os.PathLike, cache_dir: str |
 # Test image
 
 
-def draw_test_image(width: int, height: int) -> "PIL.Image.Image":  # noqa: F821
+def draw_test_image(width: int, height: int) -> "PIL.Image.Image":
     """The parity test image (README "Test image recipe"), integer arithmetic only."""
     from PIL import Image
 
@@ -247,7 +251,7 @@ def draw_test_image(width: int, height: int) -> "PIL.Image.Image":  # noqa: F821
     return Image.fromarray(img.astype(np.uint8), mode="RGB")
 
 
-def fixture_image(fixture: dict) -> "PIL.Image.Image":  # noqa: F821
+def fixture_image(fixture: dict) -> "PIL.Image.Image":
     """The fixture's test image, checked against its recorded checksum."""
     spec = fixture["inputs"]["image"]
     image = draw_test_image(spec["width"], spec["height"])
