@@ -121,11 +121,13 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         if step in report:
-            tower.eval(), projector.eval()
+            tower.eval()
+            projector.eval()
             with torch.no_grad():
                 shape_hit, colour_hit = (lg.argmax(1) == o_test[:, col]
                                          for lg, col in zip(logits(tokens(x_test), o_test), (2, 3)))
-            tower.train(), projector.train()
+            tower.train()
+            projector.train()
 
             def acc(hit, mask):
                 return round(hit[mask].float().mean().item(), 3) if mask.any() else None
