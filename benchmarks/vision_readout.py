@@ -22,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, print_table  # noqa: E402
-from eagle_hf.processing import load_image_rgb  # noqa: E402
+from eagle_hf.processing import EagleImageProcessor, load_image_rgb  # noqa: E402
 from eagle_hf.training.probe import lone_objects  # noqa: E402
 
 
@@ -44,16 +43,18 @@ def vision_config(args):
     return vision
 
 
-def load_split(data: Path, split: str, limit: int, grid: int, shapes: list, colors: list):
-    """Images as uint8 [N, 3, H, W] and one (image, token, shape, colour) row per lone object."""
+def load_split(data: Path, split: str, limit: int, image_processor, grid: int, shapes: list, colors: list):
+    """``pixel_values`` [N, 3, H, W] (the model's own image processor, run once up front so the
+    training loop only slices) and one (image, token, shape, colour) row per lone object."""
     rows = {}
     for row in json.loads((data / f"{split}.json").read_text()):
         rows.setdefault(row["image"], row)  # test sets ask several questions per image
     rows = list(rows.values())[:limit]
-    images = np.stack([np.asarray(load_image_rgb(data / "images" / r["image"])) for r in rows])
+    pixels = torch.cat([image_processor([load_image_rgb(data / "images" / r["image"]) for r in rows[k:k + 500]],
+                                        return_tensors="pt")["pixel_values"] for k in range(0, len(rows), 500)])
     objects = [(i, cell, shapes.index(o["shape"]), colors.index(o["color"]))
                for i, r in enumerate(rows) for o, cell in lone_objects(r["objects"], grid)]
-    return torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(objects)
+    return pixels, torch.tensor(objects)
 
 
 def main() -> None:
@@ -85,20 +86,21 @@ def main() -> None:
     if not (data / "test.json").exists():
         make_synthetic_vqa(data, args.n_train, 300, image_size=vision.image_size, seed=args.seed, generator=args.generator)
     shapes, colors = list(gen.shapes), list(gen.colors)
-    x_train, o_train = load_split(data, "train", args.n_train, vision.grid_size, shapes, colors)
-    x_test, o_test = load_split(data, "test", 300, vision.grid_size, shapes, colors)
+    image_processor = EagleImageProcessor(size=vision.image_size, image_mean=list(vision.image_mean),
+                                          image_std=list(vision.image_std))
+    x_train, o_train = load_split(data, "train", args.n_train, image_processor, vision.grid_size, shapes, colors)
+    x_test, o_test = load_split(data, "test", 300, image_processor, vision.grid_size, shapes, colors)
     held_out = torch.tensor([(colors[c], shapes[s]) in set(gen.held_out) for _, _, s, c in o_test.tolist()])
 
     tower = EagleVisionTower(vision)
     projector = EagleMultiModalProjector(config)
     width = config.text_config.hidden_size
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(width, len(shapes)), "colour": torch.nn.Linear(width, len(colors))})
-    mean, std = torch.tensor(vision.image_mean).view(1, 3, 1, 1), torch.tensor(vision.image_std).view(1, 3, 1, 1)
     params = [*tower.parameters(), *projector.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
 
-    def tokens(images):
-        return projector(tower((images.float() / 255 - mean) / std).last_hidden_state)
+    def tokens(pixel_values):
+        return projector(tower(pixel_values).last_hidden_state)
 
     def logits(tok, objects):
         feats = tok[objects[:, 0], objects[:, 1]]
