@@ -24,17 +24,13 @@ from PIL import Image
 
 from .dtypes import parse_dtype
 from .modeling.validation import check_processor_matches_model
+from .processing.image_processing_eagle import one_line
 
 # model_type values this package can run: native folders and original NVlabs checkpoints.
 EAGLE_MODEL_TYPES = {"eagle_vl": "eagle-hf", "eagle_llama": "original EAGLE"}
 
 class ContextLengthError(ValueError):
     """The conversation no longer fits the model's context window."""
-
-
-def one_line(message: object) -> str:
-    """Collapse a (possibly multi-line) message so the CLI can print it as one line."""
-    return " ".join(str(message).split())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -123,7 +123,8 @@ class ImageFileNotFoundError(FileNotFoundError, ValueError):
     """A missing image file: a `FileNotFoundError`, and a `ValueError` like every other bad image."""
 
 
-def _one_line(message: object) -> str:
+def one_line(message: object) -> str:
+    """Collapse a (possibly multi-line) message into one line, for errors and the CLI."""
     return " ".join(str(message).split())
 
 
@@ -137,7 +138,7 @@ def _open_image_file(path: str, label: str | None = None) -> Image.Image:
         try:
             return load_image(path)
         except Exception as err:  # network and decoding errors all mean "could not read this image"
-            raise ValueError(f"could not load image from {label[:200]!r}: {_one_line(err)}") from err
+            raise ValueError(f"could not load image from {label[:200]!r}: {one_line(err)}") from err
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise ImageFileNotFoundError(f"image {label} does not exist")
@@ -157,10 +158,10 @@ def _decode(open_image, label: str) -> Image.Image:
     except UnidentifiedImageError:
         raise ValueError(f"{label} is not an image file that can be read (PNG, JPEG, WebP, ... expected)") from None
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{label} is too large to open safely: {_one_line(err)}") from None
+        raise ValueError(f"{label} is too large to open safely: {one_line(err)}") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"{label} could not be read as an image (damaged or truncated file: "
-                         f"{_one_line(err)})") from None
+                         f"{one_line(err)})") from None
     return image
 
 
