@@ -444,6 +444,21 @@ def test_template_inference_by_vocabulary():
     assert infer_template(config(512)) is None
 
 
+@pytest.mark.parametrize("projector, renamed", [
+    # The original's `linear` projector is a bare nn.Linear; `mlpNx_gelu` a Sequential whose
+    # Linear k sits at index 2k (GELUs between).
+    ("linear", {"model.mm_projector.weight": "model.multi_modal_projector.linear_1.weight"}),
+    ("mlp3x_gelu", {"model.mm_projector.0.bias": "model.multi_modal_projector.linear_1.bias",
+                    "model.mm_projector.2.weight": "model.multi_modal_projector.linear_2.weight",
+                    "model.mm_projector.4.weight": "model.multi_modal_projector.linear_3.weight"}),
+])
+def test_original_projector_keys_are_renamed(projector, renamed):
+    from eagle_hf.convert.legacy_eagle_llama import EagleLlamaConfig, rename_legacy_keys
+
+    original = dict(load_fixture(_small_case())["manifest"]["config.json"], mm_projector_type=projector)
+    assert rename_legacy_keys(list(renamed), EagleLlamaConfig.from_dict(original)) == renamed
+
+
 # ----------------------------------------------------------------------------------------------
 # Refusals and clear errors
 

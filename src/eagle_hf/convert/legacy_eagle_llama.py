@@ -168,11 +168,13 @@ def legacy_renamings(config: EagleVLConfig) -> list[tuple[str, str]]:
         rules.append((r"^model\.vision_tower\.clip\.vision_model\.", "model.vision_tower.clip."))
         # The original named ConvNeXt's layer scale `weight` (timm: `gamma`).
         rules.append((r"^(model\.vision_tower\.convnext\.stages\.\d+\.blocks\.\d+)\.weight$", r"\1.gamma"))
-    if config.projector_type == "linear":  # a bare nn.Linear: no Sequential index in the key
+    # The original's projector layout: a bare nn.Linear for `linear` (no Sequential index in the
+    # key), nn.Sequential(Linear, GELU, Linear, ...) for `mlp` (Linear k at index 2k).
+    if config.projector_type == "linear":
         rules.append((r"^model\.mm_projector\.", "model.multi_modal_projector.linear_1."))
-    for k in range(config.projector_layers if config.projector_type == "mlp" else 0):
-        # nn.Sequential(Linear, GELU, Linear, ...): Linear k sits at index 2k.
-        rules.append((rf"^model\.mm_projector\.{2 * k}\.", f"model.multi_modal_projector.linear_{k + 1}."))
+    elif config.projector_type == "mlp":
+        for k in range(config.projector_layers):
+            rules.append((rf"^model\.mm_projector\.{2 * k}\.", f"model.multi_modal_projector.linear_{k + 1}."))
     rules.append((r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."))
     return rules
 
