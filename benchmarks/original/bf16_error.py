@@ -14,9 +14,12 @@ positions), over all elements: max |bf16 - fp32|, the same relative to max |fp32
 the fixture's samples (a check that the float32 run is the fixture's). These numbers are what
 `eagle_hf.testing.parity.BF16_BOUNDS` is derived from. Last line: JSON.
 
-Only the single-CLIP case is wired so far (its tower resolves `openai/clip-vit-large-patch14-336`
-from the Hub at build time; here the same architecture is built from the fixture's recorded
-configuration, and the weights are the checkpoint's).
+Every tower is built offline (`side_by_side.answer_hub_offline`: the original resolves CLIP, SAM,
+Pix2Struct and ConvNeXt's pretrained weights from the Hub at build time; here each is built from the
+architecture the fixture records, and the weights are the checkpoint's). For a mixture, each
+expert's block of the fused features (its channel slice) is a stage of its own. ``public-x5`` at 2
+threads took 49 min here, most of it the original's bf16 forward (transformers 4.44's eager
+Pix2Struct and SAM attention in bf16 on this CPU).
 """
 
 import argparse
@@ -27,7 +30,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from side_by_side import register_original_packages  # noqa: E402
+from side_by_side import build_original_model, original_preprocessing  # noqa: E402
+
+
+def patch_error(repo: str, image_path: str) -> dict:
+    """The Pix2Struct expert's input in the original's bf16 run against its float32 run: the tower
+    de-normalises the bf16-cast pixel values and hands the processor's patches to its encoder in
+    bf16 (seconds: the encoder is a recorder, see `side_by_side.original_preprocessing`)."""
+    import torch
+    from PIL import Image
+
+    image = Image.open(image_path).convert("RGB")
+    fp32 = original_preprocessing(repo)([image])[1].float()
+    bf16 = original_preprocessing(repo, torch.bfloat16)([image])[1].float()
+    diff = (bf16 - fp32).abs()
+    return {"max_abs_bf16_vs_fp32": float(diff.max()), "mean_abs_bf16_vs_fp32": float(diff.mean()),
+            "max_abs_fp32": float(fp32.abs().max())}
+
+
+def patches_only(args) -> dict:
+    import torch
+
+    return {"case": Path(args.fixture).stem, "torch": torch.__version__, "threads": args.threads,
+            "stages": {"pix2struct patches": patch_error(args.original_repo, args.image)}}
 
 
 def worker(args) -> dict:
@@ -35,45 +60,11 @@ def worker(args) -> dict:
     import torch
     import transformers
     from PIL import Image
-    from safetensors.torch import load_file
 
     torch.set_num_threads(args.threads)
     fixture = json.loads(Path(args.fixture).read_text())
-    arch = fixture["outputs"]["experts"][0]["architecture"]["config"]
-    vision_cfg = {k: arch[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                       "patch_size", "image_size", "hidden_act", "layer_norm_eps")}
-    size = arch["image_size"]
-
-    def offline_vision_config(cls, *a, **k):
-        return transformers.CLIPVisionConfig(**vision_cfg)
-
-    def offline_vision_model(cls, *a, **k):
-        return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**vision_cfg, attn_implementation=arch.get(
-            "attn_implementation", "sdpa")))
-
-    def offline_processor(cls, *a, **k):  # openai/clip-vit-large-patch14-336's preprocessor_config.json values
-        return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-    transformers.CLIPVisionConfig.from_pretrained = classmethod(offline_vision_config)
-    transformers.CLIPVisionModel.from_pretrained = classmethod(offline_vision_model)
-    transformers.CLIPImageProcessor.from_pretrained = classmethod(offline_processor)
-    register_original_packages(args.original_repo)
-    import importlib
-
-    eagle_llama = importlib.import_module("eagle.model.language_model.eagle_llama")
-    mm_utils = importlib.import_module("eagle.mm_utils")
-
-    ckpt = Path(args.checkpoint)
-    config = eagle_llama.EagleConfig(**json.loads((ckpt / "config.json").read_text()))
-    model = eagle_llama.EagleLlamaForCausalLM(config)
+    model, config, mm_utils = build_original_model(args.original_repo, fixture, Path(args.checkpoint))
     tower = model.get_model().get_vision_tower()
-    if not tower.is_loaded:
-        tower.load_model()  # what the original's load_pretrained_model does for a delay-loaded tower
-    missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
-    if missing or unexpected:
-        raise SystemExit(f"checkpoint does not match the original model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.eval()
 
     image = Image.open(args.image).convert("RGB")
     pixel_values = mm_utils.process_images([image], tower.image_processor, config)
@@ -97,12 +88,21 @@ def worker(args) -> dict:
 
     fp32 = run(torch.float32)
     bf16 = run(torch.bfloat16)
+    experts = fixture["outputs"]["experts"]
+    if len(experts) > 1:  # each expert's block of the fused features, against its own fixture samples
+        for entry in experts:
+            start, end = entry["channel_offset"], entry["channel_offset"] + entry["channels"]
+            for run_ in (fp32, bf16):
+                run_[f"expert {entry['name']}"] = run_["fused_vision_features"][..., start:end]
     result = {"case": fixture.get("case", Path(args.fixture).stem), "torch": torch.__version__,
               "transformers": transformers.__version__, "threads": args.threads, "stages": {}}
+    if any(e["name"].startswith("pix2struct") for e in fixture["outputs"]["experts"]):
+        result["stages"]["pix2struct patches"] = patch_error(args.original_repo, args.image)
     outputs = fixture["outputs"]
     for name, ref in fp32.items():
         diff = (bf16[name] - ref).abs()
-        entry = outputs[name]
+        entry = outputs[name] if not name.startswith("expert ") else next(
+            e["features"] for e in outputs["experts"] if f"expert {e['name']}" == name)
         if name == "logits_last3":
             rows = entry["positions"] if "positions" in entry else entry.get("rows", [])
             fixture_err = None
@@ -134,13 +134,15 @@ def main(argv=None) -> None:
     p.add_argument("--case", default="public-clip")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
+    p.add_argument("--patches-only", action="store_true",
+                   help="only the Pix2Struct input patches (seconds; the model is not built)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--fixture", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--image", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(patches_only(args) if args.patches_only else worker(args)))
         return
     import tempfile
 
@@ -157,14 +159,15 @@ def main(argv=None) -> None:
         fixture_image(load_fixture(fixture_path)).save(image)
         cmd = [args.original_python, str(HERE), "--worker", "--original-python", args.original_python,
                "--original-repo", args.original_repo, "--fixture", str(fixture_path), "--checkpoint",
-               str(checkpoint), "--image", image, "--threads", str(args.threads)]
+               str(checkpoint), "--image", image, "--threads", str(args.threads)] + (
+                   ["--patches-only"] if args.patches_only else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"original worker failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, row in result["stages"].items():
         print(f"{name}: max|bf16 - fp32| {row['max_abs_bf16_vs_fp32']:.3e} (mean {row['mean_abs_bf16_vs_fp32']:.3e}, "
-              f"max|fp32| {row['max_abs_fp32']:.3g}); fp32 vs fixture {row['fp32_vs_fixture_samples']}")
+              f"max|fp32| {row['max_abs_fp32']:.3g}); fp32 vs fixture {row.get('fp32_vs_fixture_samples', '-')}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

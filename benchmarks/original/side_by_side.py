@@ -4,7 +4,7 @@
     python benchmarks/original/side_by_side.py --original-python /tmp/eagle-orig-venv/bin/python \\
         --original-repo /path/to/EAGLE [--tiny] [--pairs 2]
 
-Two modes (``--what``):
+Three modes (``--what``):
 
 ``--what sam`` (default): the SAM expert (`SAMVisionTower` of the original, i.e. transformers 4.44's SAM
 encoder with EAGLE's short neck and pixel unshuffle, against eagle-hf's `sam` expert). Both sides
@@ -33,6 +33,19 @@ each (median). Checked: ``pixel_values`` bit-identical, Pix2Struct patches withi
 parity README documents for a re-implementation of that processor (1.1e-6 measured there; the
 check allows 1e-5: the per-image mean/std are summed in float64 here, by numpy's float32
 pairwise reduction there).
+
+``--what x5``: the full-size X5 vision mixture's forward, one 1024 px image, float32 by default
+(``--dtype``). Original side: the original `EagleLlamaForCausalLM` built from the rebuilt
+original-format parity checkpoint (`eagle_hf.testing.parity.cached_original_checkpoint`, the
+``public-x5`` fixture), every tower answered offline from the architecture the fixture records
+(`answer_hub_offline`), every weight from the checkpoint, then its
+`MultiBackboneChannelConcatenationVisionTower` called on the pixel values: its own resizes and its
+per-forward Pix2Struct processor round trip are part of what is timed. eagle-hf side: the same
+checkpoint folder through ``AutoModelForImageTextToText.from_pretrained`` and its `EagleVisionTower`.
+Both get the same pixel values (the fixture image through eagle-hf's processor, which is
+bit-identical to the original's), build and load untimed, then ``--repeats`` timed forwards in
+fresh processes alternating over ``--pairs``; printed: best time per side, the ratio, each expert's
+block's max |difference| of the fused features and the workers' peak RSS.
 
 The Hub is not reachable here, so on the original side `from_pretrained` of
 ``google/pix2struct-large`` is answered offline with ``Pix2StructImageProcessor()`` (its defaults are
@@ -152,6 +165,95 @@ def register_original_packages(repo: str) -> None:
             sys.modules[name] = module
 
 
+def answer_hub_offline(fixture: dict) -> None:
+    """The original resolves every tower from the Hub at build time (CLIP, SAM and Pix2Struct with
+    ``from_pretrained``, ConvNeXt through timm's pretrained config); no Hub is reachable here, so
+    each is built from the architecture the fixture records, with the weights set afterwards from
+    the checkpoint. Runs in the original's venv (transformers 4.44, timm 0.9.11)."""
+    import timm.models._builder
+    import transformers
+
+    arch = {e["name"]: e["architecture"]["config"] for e in fixture["outputs"]["experts"]}
+    clip = next((cfg for name, cfg in arch.items() if name.startswith("clip")), None)
+    if clip is not None:
+        clip_cfg = {k: clip[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads", "patch_size", "image_size", "hidden_act",
+                                         "layer_norm_eps")}
+        size = clip["image_size"]
+        transformers.CLIPVisionConfig.from_pretrained = classmethod(
+            lambda cls, *a, **k: transformers.CLIPVisionConfig(**clip_cfg))
+        transformers.CLIPVisionModel.from_pretrained = classmethod(lambda cls, *a, **k: transformers.CLIPVisionModel(
+            transformers.CLIPVisionConfig(**clip_cfg, attn_implementation=clip.get("attn_implementation", "sdpa"))))
+        # openai/clip-vit-large-patch14-336's preprocessor_config.json values
+        transformers.CLIPImageProcessor.from_pretrained = classmethod(lambda cls, *a, **k: transformers.CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}))
+    sam = next((cfg for name, cfg in arch.items() if name.startswith("sam")), None)
+    if sam is not None:
+        transformers.SamModel.from_pretrained = classmethod(lambda cls, *a, **k: transformers.SamModel(
+            transformers.SamConfig(vision_config=sam)))
+        transformers.SamProcessor.from_pretrained = classmethod(lambda cls, *a, **k: transformers.SamProcessor(
+            transformers.SamImageProcessor()))
+    p2s = next((cfg for name, cfg in arch.items() if name.startswith("pix2struct")), None)
+    if p2s is not None:
+        from tokenizers import Tokenizer, models
+
+        vision = {k: p2s[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "d_kv", "d_ff",
+                                      "dense_act_fn", "layer_norm_eps", "patch_embed_hidden_size", "seq_len")}
+
+        def pix2struct_model(cls, *a, **k):  # only .encoder is used: a one-layer text decoder keeps it small
+            config = transformers.Pix2StructConfig(vision_config=vision, text_config=dict(
+                num_layers=1, hidden_size=64, d_kv=16, d_ff=64, num_heads=4, vocab_size=64))
+            config._attn_implementation = "eager"
+            return transformers.Pix2StructForConditionalGeneration(config)
+
+        def pix2struct_processor(cls, *a, **k):  # google/pix2struct-large's processor config = the defaults
+            tok = transformers.T5TokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
+                {"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>")))
+            return transformers.Pix2StructProcessor(transformers.Pix2StructImageProcessor(), tok)
+
+        transformers.Pix2StructForConditionalGeneration.from_pretrained = classmethod(pix2struct_model)
+        transformers.AutoProcessor.from_pretrained = classmethod(pix2struct_processor)
+    # timm would download convnext_xxlarge's pretrained weights; the checkpoint sets them instead.
+    timm.models._builder.load_pretrained = lambda *a, **k: None
+
+
+def load_streaming(model, path: Path) -> None:
+    """The checkpoint's tensors copied into the model one at a time (the X5 checkpoint is 9 GB:
+    a whole state dict beside the model would double the memory); every key must match."""
+    import torch
+    from safetensors import safe_open
+
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        missing, unexpected = sorted(set(own) - keys), sorted(keys - set(own))
+        if missing or unexpected:
+            raise SystemExit(f"checkpoint does not match the original model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for key in keys:
+                own[key].copy_(f.get_tensor(key))
+
+
+def build_original_model(repo: str, fixture: dict, checkpoint: Path):
+    """(model, config, mm_utils): the original `EagleLlamaForCausalLM` (its files, its transformers)
+    built from the rebuilt original-format checkpoint's ``config.json`` with every tower answered
+    offline (`answer_hub_offline`), then every weight from the checkpoint, in eval mode."""
+    import importlib
+
+    answer_hub_offline(fixture)
+    register_original_packages(repo)
+    eagle_llama = importlib.import_module("eagle.model.language_model.eagle_llama")
+    mm_utils = importlib.import_module("eagle.mm_utils")
+    config = eagle_llama.EagleConfig(**json.loads((checkpoint / "config.json").read_text()))
+    model = eagle_llama.EagleLlamaForCausalLM(config)
+    tower = model.get_model().get_vision_tower()
+    if not tower.is_loaded:
+        tower.load_model()  # what the original's load_pretrained_model does for a delay-loaded tower
+    load_streaming(model, checkpoint / "model.safetensors")
+    return model.eval(), config, mm_utils
+
+
 def _original_modules(repo: str):
     register_original_packages(repo)
     import importlib
@@ -162,8 +264,9 @@ def _original_modules(repo: str):
     return mm_utils, convnext, pix2struct
 
 
-def original_preprocessing(repo: str):
-    """(preprocess(images) -> (pixel_values, flattened_patches)) with the original's own code."""
+def original_preprocessing(repo: str, dtype=None):
+    """(preprocess(images) -> (pixel_values, flattened_patches)) with the original's own code.
+    ``dtype``: the tower's (``model.to(dtype)``); its Pix2Struct input is then cast to it, as there."""
     import torch
     from tokenizers import Tokenizer, models
     from transformers import CLIPImageProcessor, Pix2StructImageProcessor, Pix2StructProcessor, T5TokenizerFast
@@ -207,10 +310,12 @@ def original_preprocessing(repo: str):
     tower_args = argparse.Namespace(do_resize=True, de_normalize=True, mm_vision_select_layer=-2,
                                     input_image_size=1024, freeze_vision=False)
     tower = pix2struct.Pix2StructLargeVisionTower("pix2struct-large", tower_args).eval()
+    if dtype is not None:
+        tower.to(dtype)
 
     def preprocess(images):
         pixel_values = mm_utils.process_images(images, image_processor, model_cfg)
-        tower(pixel_values)
+        tower(pixel_values if dtype is None else pixel_values.to(dtype))
         return pixel_values, encoder.seen
 
     return preprocess
@@ -304,6 +409,7 @@ def run_pairs(args, config: str, tmp: str) -> dict:
     pythons = {"original": args.original_python, "eagle_hf": sys.executable}
     times = {"original": [], "eagle_hf": []}
     args.cpu_times = {"original": [], "eagle_hf": []}  # process CPU time, where the worker reports it
+    args.peak_rss = {"original": [], "eagle_hf": []}  # GiB, where the worker reports it
     for _ in range(args.pairs):
         for side in ("original", "eagle_hf"):
             cmd = [pythons[side], str(HERE), "--what", args.what, "--side", side, "--config", config,
@@ -317,14 +423,99 @@ def run_pairs(args, config: str, tmp: str) -> dict:
             times[side].append(row["seconds"])
             if "cpu_seconds" in row:
                 args.cpu_times[side].append(row["cpu_seconds"])
+            if "peak_rss_gib" in row:
+                args.peak_rss[side].append(row["peak_rss_gib"])
             print(f"# {side} ({row['torch']}): {row['seconds']:.4f} s"
                   + (f" (CPU {row['cpu_seconds']:.4f} s)" if "cpu_seconds" in row else ""), flush=True)
     return times
 
 
+# --------------------------------------------------------------------------------------------------
+# --what x5
+
+
+def x5_worker(args) -> dict:
+    """One side's full-size X5 vision mixture on the fixture's pixel values: the original's
+    `MultiBackboneChannelConcatenationVisionTower` (its resizes and its per-forward Pix2Struct
+    processor round trip included) or eagle-hf's `EagleVisionTower`, both loaded from the same
+    original-format checkpoint; ``--repeats`` timed forwards after an untimed build and load."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    config = json.loads(args.config)
+    dtype = getattr(torch, args.dtype)
+    pixel_values = torch.load(config["pixels"]).to(dtype)
+    if args.side == "original":
+        fixture = json.loads(Path(config["fixture"]).read_text())
+        model, _, _ = build_original_model(args.original_repo, fixture, Path(config["checkpoint"]))
+        tower = model.to(dtype).get_model().get_vision_tower()
+
+        def forward(x):
+            return tower(x)
+    else:
+        sys.path.insert(0, str(HERE.parents[2] / "src"))
+        from transformers import AutoModelForImageTextToText
+
+        import eagle_hf  # noqa: F401  (registers the Auto classes)
+
+        model = AutoModelForImageTextToText.from_pretrained(config["checkpoint"], dtype=dtype).eval()
+        tower = model.model.vision_tower
+
+        def forward(x):
+            return tower(x).last_hidden_state
+    times = []
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = forward(pixel_values)
+            times.append(time.perf_counter() - start)
+    torch.save(out.float().contiguous(), args.save)
+    return {"side": args.side, "seconds": min(times), "times": times, "torch": torch.__version__,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main_x5(args) -> None:
+    import torch
+
+    sys.path.insert(0, str(HERE.parents[2] / "src"))
+    from eagle_hf.processing import EagleImageProcessor
+    from eagle_hf.testing.parity import cached_original_checkpoint, find_parity_dir, fixture_image, load_fixture
+
+    parity = Path(args.parity_dir) if args.parity_dir else find_parity_dir()
+    if parity is None:
+        raise SystemExit("shared/parity (detweights.py) not found; pass --parity-dir")
+    fixture_path = parity / "public-x5.json"
+    fixture = load_fixture(fixture_path)
+    checkpoint = cached_original_checkpoint(fixture_path)  # rebuilt from detweights once, then cached
+    with tempfile.TemporaryDirectory() as tmp:
+        # Both sides get these (the original's own process_images gives the same bits: --what preprocessing).
+        pixels = EagleImageProcessor()(images=fixture_image(fixture), return_tensors="pt")["pixel_values"]
+        torch.save(pixels, f"{tmp}/pixels.pt")
+        config = json.dumps({"fixture": str(fixture_path), "checkpoint": str(checkpoint), "pixels": f"{tmp}/pixels.pt"})
+        times = run_pairs(args, config, tmp)
+        a, b = torch.load(f"{tmp}/original.pt"), torch.load(f"{tmp}/eagle_hf.pt")
+    diffs = {}
+    for entry in fixture["outputs"]["experts"]:
+        start = entry["channel_offset"]
+        block = slice(start, start + entry["channels"])
+        diffs[entry["name"]] = float((a[..., block] - b[..., block]).abs().max())
+    best = {k: min(v) for k, v in times.items()}
+    ratio = best["original"] / best["eagle_hf"]
+    print(f"X5 vision mixture forward, full size, 1 image, {args.dtype}, {args.threads} thread(s): original "
+          f"{best['original']:.1f} s, eagle-hf {best['eagle_hf']:.1f} s, eagle-hf is {ratio:.2f}x faster; "
+          "max|diff| of the fused features per expert block: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    print(json.dumps({"benchmark": "side_by_side", "what": "x5", "times_s": times, "best_s": best,
+                      "speedup_eagle_hf": ratio, "max_abs_diff_per_expert": diffs, "shape": list(b.shape),
+                      "peak_rss_gib": args.peak_rss, "threads": args.threads, "dtype": args.dtype,
+                      "pairs": args.pairs, "repeats": args.repeats}))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--what", choices=["sam", "preprocessing"], default="sam")
+    p.add_argument("--what", choices=["sam", "preprocessing", "x5"], default="sam")
     p.add_argument("--original-python", help="python of the venv built by setup_env.sh")
     p.add_argument("--original-repo", help="checkout of NVlabs/EAGLE")
     p.add_argument("--tiny", action="store_true", help="tiny SAM config (smoke run)")
@@ -334,18 +525,21 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per worker (preprocessing; median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per worker (preprocessing: median; x5: best)")
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.side:
-        print(json.dumps(preprocessing_worker(args) if args.what == "preprocessing" else worker(args)))
+        workers = {"preprocessing": preprocessing_worker, "x5": x5_worker, "sam": worker}
+        print(json.dumps(workers[args.what](args)))
         return
     if not (args.original_python and args.original_repo):
         p.error("--original-python and --original-repo are required (build them with setup_env.sh)")
     if args.what == "preprocessing":
         return main_preprocessing(args)
+    if args.what == "x5":
+        return main_x5(args)
     if args.parity_dir is None:
         sys.path.insert(0, str(HERE.parents[2] / "src"))
         from eagle_hf.testing.parity import find_parity_dir
