@@ -165,6 +165,17 @@ def register_original_packages(repo: str) -> None:
             sys.modules[name] = module
 
 
+def offline_pix2struct_processor():
+    """google/pix2struct-large's processor, offline: its preprocessor config's values are
+    `Pix2StructImageProcessor`'s defaults; the T5 tokenizer is a stub the image-only call never uses."""
+    from tokenizers import Tokenizer, models
+    from transformers import Pix2StructImageProcessor, Pix2StructProcessor, T5TokenizerFast
+
+    tok = T5TokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2},
+                                                                      unk_token="<unk>")))
+    return Pix2StructProcessor(Pix2StructImageProcessor(), tok)
+
+
 def answer_hub_offline(fixture: dict) -> None:
     """The original resolves every tower from the Hub at build time (CLIP, SAM and Pix2Struct with
     ``from_pretrained``, ConvNeXt through timm's pretrained config); no Hub is reachable here, so
@@ -195,8 +206,6 @@ def answer_hub_offline(fixture: dict) -> None:
             transformers.SamImageProcessor()))
     p2s = next((cfg for name, cfg in arch.items() if name.startswith("pix2struct")), None)
     if p2s is not None:
-        from tokenizers import Tokenizer, models
-
         vision = {k: p2s[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "d_kv", "d_ff",
                                       "dense_act_fn", "layer_norm_eps", "patch_embed_hidden_size", "seq_len")}
 
@@ -206,13 +215,8 @@ def answer_hub_offline(fixture: dict) -> None:
             config._attn_implementation = "eager"
             return transformers.Pix2StructForConditionalGeneration(config)
 
-        def pix2struct_processor(cls, *a, **k):  # google/pix2struct-large's processor config = the defaults
-            tok = transformers.T5TokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
-                {"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>")))
-            return transformers.Pix2StructProcessor(transformers.Pix2StructImageProcessor(), tok)
-
         transformers.Pix2StructForConditionalGeneration.from_pretrained = classmethod(pix2struct_model)
-        transformers.AutoProcessor.from_pretrained = classmethod(pix2struct_processor)
+        transformers.AutoProcessor.from_pretrained = classmethod(lambda cls, *a, **k: offline_pix2struct_processor())
     # timm would download convnext_xxlarge's pretrained weights; the checkpoint sets them instead.
     timm.models._builder.load_pretrained = lambda *a, **k: None
 
@@ -268,8 +272,7 @@ def original_preprocessing(repo: str, dtype=None):
     """(preprocess(images) -> (pixel_values, flattened_patches)) with the original's own code.
     ``dtype``: the tower's (``model.to(dtype)``); its Pix2Struct input is then cast to it, as there."""
     import torch
-    from tokenizers import Tokenizer, models
-    from transformers import CLIPImageProcessor, Pix2StructImageProcessor, Pix2StructProcessor, T5TokenizerFast
+    from transformers import CLIPImageProcessor
 
     mm_utils, convnext, pix2struct = _original_modules(repo)
     # The X5 mixture's image processor is its ConvNeXt tower's (`self.image_processor =
@@ -300,9 +303,7 @@ def original_preprocessing(repo: str, dtype=None):
 
         @staticmethod
         def processor(*a, **k):
-            tok = T5TokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2},
-                                                                              unk_token="<unk>")))
-            return Pix2StructProcessor(Pix2StructImageProcessor(), tok)
+            return offline_pix2struct_processor()
 
     pix2struct.Pix2StructForConditionalGeneration.from_pretrained = Offline.model
     pix2struct.AutoProcessor.from_pretrained = Offline.processor
