@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from side_by_side import build_original_model, original_preprocessing  # noqa: E402
+from side_by_side import build_original_model, fixture_natives, original_preprocessing  # noqa: E402
 
 
 def patch_error(repo: str, image_path: str) -> dict:
@@ -63,7 +63,8 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     fixture = json.loads(Path(args.fixture).read_text())
-    model, config, mm_utils = build_original_model(args.original_repo, fixture, Path(args.checkpoint))
+    natives = json.loads(args.natives)
+    model, config, mm_utils = build_original_model(args.original_repo, fixture, natives, Path(args.checkpoint))
     tower = model.get_model().get_vision_tower()
 
     image = Image.open(args.image).convert("RGB")
@@ -88,21 +89,22 @@ def worker(args) -> dict:
 
     fp32 = run(torch.float32)
     bf16 = run(torch.bfloat16)
-    experts = fixture["outputs"]["experts"]
+    outputs = fixture["outputs"]
+    references = {name: outputs[name] for name in fp32}  # stage -> its fixture entry
+    experts = outputs["experts"]
     if len(experts) > 1:  # each expert's block of the fused features, against its own fixture samples
         for entry in experts:
             start, end = entry["channel_offset"], entry["channel_offset"] + entry["channels"]
             for run_ in (fp32, bf16):
                 run_[f"expert {entry['name']}"] = run_["fused_vision_features"][..., start:end]
+            references[f"expert {entry['name']}"] = entry["features"]
     result = {"case": fixture.get("case", Path(args.fixture).stem), "torch": torch.__version__,
               "transformers": transformers.__version__, "threads": args.threads, "stages": {}}
-    if any(e["name"].startswith("pix2struct") for e in fixture["outputs"]["experts"]):
+    if "pix2struct" in natives.values():
         result["stages"]["pix2struct patches"] = patch_error(args.original_repo, args.image)
-    outputs = fixture["outputs"]
     for name, ref in fp32.items():
         diff = (bf16[name] - ref).abs()
-        entry = outputs[name] if not name.startswith("expert ") else next(
-            e["features"] for e in outputs["experts"] if f"expert {e['name']}" == name)
+        entry = references[name]
         if name == "logits_last3":
             rows = entry["positions"] if "positions" in entry else entry.get("rows", [])
             fixture_err = None
@@ -140,6 +142,7 @@ def main(argv=None) -> None:
     p.add_argument("--fixture", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     p.add_argument("--image", help=argparse.SUPPRESS)
+    p.add_argument("--natives", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(patches_only(args) if args.patches_only else worker(args)))
@@ -159,7 +162,8 @@ def main(argv=None) -> None:
         fixture_image(load_fixture(fixture_path)).save(image)
         cmd = [args.original_python, str(HERE), "--worker", "--original-python", args.original_python,
                "--original-repo", args.original_repo, "--fixture", str(fixture_path), "--checkpoint",
-               str(checkpoint), "--image", image, "--threads", str(args.threads)] + (
+               str(checkpoint), "--image", image, "--threads", str(args.threads),
+               "--natives", json.dumps(fixture_natives(load_fixture(fixture_path)))] + (
                    ["--patches-only"] if args.patches_only else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:

@@ -176,16 +176,30 @@ def offline_pix2struct_processor():
     return Pix2StructProcessor(Pix2StructImageProcessor(), tok)
 
 
-def answer_hub_offline(fixture: dict) -> None:
+def fixture_natives(fixture: dict) -> dict[str, str]:
+    """{fixture tower name: eagle-hf expert name} by `eagle_hf.testing.parity.native_expert_name`
+    (the one mapping; ``clip-448`` and ``openai/clip-vit-large-patch14-336`` are both ``clip``).
+    Computed in eagle-hf's environment and handed to the original's workers, which cannot import it."""
+    sys.path.insert(0, str(HERE.parents[2] / "src"))
+    from eagle_hf.testing.parity import native_expert_name
+
+    return {e["name"]: native_expert_name(e["name"]) for e in fixture["outputs"]["experts"]}
+
+
+def answer_hub_offline(fixture: dict, natives: dict[str, str]) -> None:
     """The original resolves every tower from the Hub at build time (CLIP, SAM and Pix2Struct with
     ``from_pretrained``, ConvNeXt through timm's pretrained config); no Hub is reachable here, so
     each is built from the architecture the fixture records, with the weights set afterwards from
-    the checkpoint. Runs in the original's venv (transformers 4.44, timm 0.9.11)."""
+    the checkpoint. ``natives``: `fixture_natives`. Runs in the original's venv (transformers 4.44,
+    timm 0.9.11)."""
     import timm.models._builder
     import transformers
 
-    arch = {e["name"]: e["architecture"]["config"] for e in fixture["outputs"]["experts"]}
-    clip = next((cfg for name, cfg in arch.items() if name.startswith("clip")), None)
+    def recorded(native: str) -> dict | None:  # the recorded architecture of the fixture's `native` expert
+        return next((e["architecture"]["config"] for e in fixture["outputs"]["experts"]
+                     if natives[e["name"]] == native), None)
+
+    clip = recorded("clip")
     if clip is not None:
         clip_cfg = {k: clip[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                          "num_attention_heads", "patch_size", "image_size", "hidden_act",
@@ -198,13 +212,13 @@ def answer_hub_offline(fixture: dict) -> None:
         # openai/clip-vit-large-patch14-336's preprocessor_config.json values
         transformers.CLIPImageProcessor.from_pretrained = classmethod(lambda cls, *a, **k: transformers.CLIPImageProcessor(
             size={"shortest_edge": size}, crop_size={"height": size, "width": size}))
-    sam = next((cfg for name, cfg in arch.items() if name.startswith("sam")), None)
+    sam = recorded("sam")
     if sam is not None:
         transformers.SamModel.from_pretrained = classmethod(lambda cls, *a, **k: transformers.SamModel(
             transformers.SamConfig(vision_config=sam)))
         transformers.SamProcessor.from_pretrained = classmethod(lambda cls, *a, **k: transformers.SamProcessor(
             transformers.SamImageProcessor()))
-    p2s = next((cfg for name, cfg in arch.items() if name.startswith("pix2struct")), None)
+    p2s = recorded("pix2struct")
     if p2s is not None:
         vision = {k: p2s[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "d_kv", "d_ff",
                                       "dense_act_fn", "layer_norm_eps", "patch_embed_hidden_size", "seq_len")}
@@ -239,13 +253,13 @@ def load_streaming(model, path: Path) -> None:
                 own[key].copy_(f.get_tensor(key))
 
 
-def build_original_model(repo: str, fixture: dict, checkpoint: Path):
+def build_original_model(repo: str, fixture: dict, natives: dict[str, str], checkpoint: Path):
     """(model, config, mm_utils): the original `EagleLlamaForCausalLM` (its files, its transformers)
     built from the rebuilt original-format checkpoint's ``config.json`` with every tower answered
     offline (`answer_hub_offline`), then every weight from the checkpoint, in eval mode."""
     import importlib
 
-    answer_hub_offline(fixture)
+    answer_hub_offline(fixture, natives)
     register_original_packages(repo)
     eagle_llama = importlib.import_module("eagle.model.language_model.eagle_llama")
     mm_utils = importlib.import_module("eagle.mm_utils")
@@ -450,7 +464,7 @@ def x5_worker(args) -> dict:
     pixel_values = torch.load(config["pixels"]).to(dtype)
     if args.side == "original":
         fixture = json.loads(Path(config["fixture"]).read_text())
-        model, _, _ = build_original_model(args.original_repo, fixture, Path(config["checkpoint"]))
+        model, _, _ = build_original_model(args.original_repo, fixture, config["natives"], Path(config["checkpoint"]))
         tower = model.to(dtype).get_model().get_vision_tower()
 
         def forward(x):
@@ -494,7 +508,8 @@ def main_x5(args) -> None:
         # Both sides get these (the original's own process_images gives the same bits: --what preprocessing).
         pixels = EagleImageProcessor()(images=fixture_image(fixture), return_tensors="pt")["pixel_values"]
         torch.save(pixels, f"{tmp}/pixels.pt")
-        config = json.dumps({"fixture": str(fixture_path), "checkpoint": str(checkpoint), "pixels": f"{tmp}/pixels.pt"})
+        config = json.dumps({"fixture": str(fixture_path), "checkpoint": str(checkpoint), "pixels": f"{tmp}/pixels.pt",
+                             "natives": fixture_natives(fixture)})
         times = run_pairs(args, config, tmp)
         a, b = torch.load(f"{tmp}/original.pt"), torch.load(f"{tmp}/eagle_hf.pt")
     diffs = {}
