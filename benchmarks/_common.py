@@ -58,3 +58,27 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(f"{r.get(c, '')}".ljust(widths[c]) for c in columns))
+
+
+def forward_flops(fn) -> int:
+    """FLOPs of one call of `fn`, counted by PyTorch's FlopCounterMode. Its registry covers the
+    CUDA attention kernels but not the CPU one SDPA dispatches to, which it would count as 0 (SAM's
+    global attention is ~70 GFLOP a layer at full size): that op is counted with the same formula."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_tflops(n: int, dtype: torch.dtype, device: str, repeats: int, sync=None) -> float:
+    """Best dense n x n matmul rate (TFLOP/s): the yardstick for every fraction of peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    seconds, _ = timed(lambda: a @ b, repeats, sync)
+    return 2 * n**3 / seconds / 1e12

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, peak_rss_gib  # noqa: E402
+from _common import forward_flops, machine, matmul_tflops, peak_rss_gib, timed  # noqa: E402
 from eagle_hf.dtypes import parse_dtype  # noqa: E402
 from generation import measure as measure_generation  # noqa: E402
 from train_throughput import PEAK_TFLOPS  # noqa: E402
@@ -68,33 +68,15 @@ class Device:
 
 
 def best_time(dev: Device, fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        dev.sync()
-        start = time.perf_counter()
-        fn()
-        dev.sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def forward_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+    return timed(fn, repeats, dev.sync)[0]
 
 
 def matmul_peak(dev: Device, dtype: torch.dtype, n: int, repeats: int) -> dict:
-    a = torch.randn(n, n, device=dev.name, dtype=dtype)
-    b = torch.randn(n, n, device=dev.name, dtype=dtype)
-    a @ b  # warm-up
-    seconds = best_time(dev, lambda: a @ b, repeats)
+    tflops = matmul_tflops(n, dtype, dev.name, repeats, dev.sync)
     nominal = None
     if dev.cuda:
         nominal = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
-    return {"n": n, "tflops": 2 * n**3 / seconds / 1e12, "nominal_bf16_tflops": nominal}
+    return {"n": n, "tflops": tflops, "nominal_bf16_tflops": nominal}
 
 
 def mixture(dev: Device, dtype: torch.dtype, tiny: bool, batch_sizes, repeats: int, peak_tflops: float) -> dict:

@@ -74,3 +74,42 @@ def test_vision_readout_learns_colour_and_scores_held_out_pairs_apart(tmp_path):
     assert rows[0]["shape_held_out"] is not None and rows[0]["shape_seen"] is not None
     written = json.loads((tmp_path / "set" / "test.json").read_text())
     assert any(r["combo"] == "held_out" for r in written)
+
+
+def test_forward_flops_counts_the_cpu_attention_kernel():
+    """FlopCounterMode alone counts 0 for the CPU kernel SDPA dispatches to; the benchmarks' counter
+    must give the textbook count: 2*B*H*L*S*E for Q @ K^T plus 2*B*H*L*S*Ev for the weighted sum."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(BENCH))
+    from _common import forward_flops
+
+    b, h, L, S, e = 2, 3, 40, 24, 8
+    q, k, v = torch.randn(b, h, L, e), torch.randn(b, h, S, e), torch.randn(b, h, S, e)
+    mask = torch.randn(b, h, L, S)
+    weight = torch.randn(5, e)
+    with torch.inference_mode():
+        flops = forward_flops(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask) @ weight.T)
+    assert flops == 4 * b * h * L * S * e + 2 * b * h * L * e * 5
+
+
+def test_expert_peak_reports_every_expert_against_the_same_run_peak(tmp_path):
+    out = tmp_path / "peak.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "expert_peak.py"), "--preset", "tiny", "--peak-n", "128",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    from eagle_hf import vision_preset
+
+    rows = result["rows"]
+    assert [r["expert"] for r in rows] == [*vision_preset("tiny").expert_order, "whole tower"]
+    peak = max(result["peak_tflops"].values())
+    for row in rows:
+        assert row["gflop"] > 0 and row["seconds"] > 0
+        assert row["fraction_of_peak"] == pytest.approx(row["gflop"] / 1e3 / row["seconds"] / peak)
+    # Channel concatenation adds no FLOPs: the tower's count is its experts' (resizes are not counted).
+    assert rows[-1]["gflop"] == pytest.approx(sum(r["gflop"] for r in rows[:-1]), rel=1e-12)
+    bad = subprocess.run([sys.executable, str(BENCH / "expert_peak.py"), "--preset", "tiny", "--experts", "nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--experts nope" in bad.stderr
