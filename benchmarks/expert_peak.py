@@ -5,11 +5,12 @@
     python benchmarks/expert_peak.py --preset tiny --peak-n 256   # smoke run (tested)
 
 For every expert: its forward on its own input (what `EagleVisionTower.expert_inputs` hands it),
-best of ``--repeats`` after the FLOP-counting call (the warm-up), FLOPs counted by PyTorch's FlopCounterMode (matmuls,
-convolutions and attention; elementwise work is not counted, so it shows up as a lower fraction),
-and ``fraction_of_peak`` = FLOP/s / the best dense ``--peak-n`` square matmul rate, taken before
-and after the experts (the lower of the two is reported too, so a machine that got busier in
-between is visible). Then the whole tower (resampling and fusion included). Last line: JSON.
+best of ``--repeats`` after the FLOP-counting call (the warm-up); FLOPs counted by PyTorch's
+FlopCounterMode (matmuls, convolutions and attention; elementwise work is not counted, so it shows
+up as a lower fraction); and ``fraction_of_peak`` = FLOP/s / the best dense ``--peak-n`` square
+matmul rate. That rate is measured before and after the experts: both are reported (a machine
+that got busier in between shows as a gap) and fractions are of the higher. Then the whole tower
+(resampling and fusion included). Last line: JSON.
 """
 
 import argparse
