@@ -4,7 +4,7 @@ Fixtures: ``ckpt`` (a saved tiny checkpoint, per module), ``tiny_config`` (the `
 Llama), ``tiny_model`` (an ``EagleVLForConditionalGeneration`` built from it, seeded, eval mode).
 Helpers (import them with ``from conftest import ...``): ``make_inputs``, ``make_prompt``,
 ``make_pixel_values``, ``left_pad``, ``tiny_text_config``, ``distinct_width_vision_config``,
-``seeded_model``, ``config_dict``.
+``seeded_model``, ``config_dict``, ``config_error``.
 """
 
 import copy
@@ -12,9 +12,17 @@ import os
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 import eagle_hf  # noqa: F401  (registers the Auto classes)
 from eagle_hf import EagleVLForConditionalGeneration, preset_config, vision_preset
+
+
+def config_error(match: str):
+    """Config validators run inside huggingface_hub's strict dataclasses, which wrap the ValueError
+    they raise in a StrictDataclassClassValidationError (not a ValueError subclass)."""
+    return pytest.raises((ValueError, StrictDataclassClassValidationError), match=match)
+
 
 SEED = 0
 PAD_ID = 0

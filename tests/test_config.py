@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import config_dict, distinct_width_vision_config, make_inputs, make_pixel_values, seeded_model
-from huggingface_hub.errors import StrictDataclassClassValidationError
+from conftest import config_dict, config_error, distinct_width_vision_config, make_inputs, make_pixel_values, seeded_model
 from transformers import AutoConfig
 
 import eagle_hf
@@ -13,11 +12,6 @@ from eagle_hf import EagleVisionConfig, EagleVisionTower, EagleVLConfig, preset_
 from eagle_hf.modeling.presets import TINY_TEXT
 from eagle_hf.modeling.registry import get_expert
 
-
-def config_error(match: str):
-    """Config validators run inside huggingface_hub's strict dataclasses, which wrap the ValueError
-    they raise in a StrictDataclassClassValidationError (not a ValueError subclass)."""
-    return pytest.raises((ValueError, StrictDataclassClassValidationError), match=match)
 
 
 # --- expert order ----------------------------------------------------------------------------

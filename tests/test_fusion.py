@@ -3,8 +3,7 @@ and the model, the processor's token count and save/load follow from the config.
 
 import pytest
 import torch
-from conftest import left_pad, make_inputs, make_pixel_values, make_prompt, seeded_model
-from huggingface_hub.errors import StrictDataclassClassValidationError
+from conftest import config_error, left_pad, make_inputs, make_pixel_values, make_prompt, seeded_model
 from transformers import AutoModelForImageTextToText
 
 from eagle_hf import EagleVisionTower, preset_config, vision_preset
@@ -19,9 +18,6 @@ SIZES = dict(fusion_num_heads=2, fusion_mining_factor=2, fusion_num_points=2)
 def fusion_config(fusion, **kw):
     return preset_config("tiny", experts=EXPERTS, vision_kwargs=dict(fusion=fusion, **SIZES, **kw))
 
-
-def config_error(match):
-    return pytest.raises((ValueError, StrictDataclassClassValidationError), match=match)
 
 
 def test_the_paper_s_five_fusions_are_registered():

@@ -5,8 +5,7 @@ checkpoint format (weights and outputs equal to the tower run by its own library
 import pytest
 import timm
 import torch
-from conftest import make_inputs, seeded_model
-from huggingface_hub.errors import StrictDataclassClassValidationError
+from conftest import config_error, make_inputs, seeded_model
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoModelForImageTextToText
 
@@ -18,9 +17,6 @@ from eagle_hf.modeling.registry import get_expert
 HF_TOWERS = ["siglip", "siglip2", "dinov2", "convnextv2"]
 GENERIC = HF_TOWERS + ["timm"]
 
-
-def config_error(match):
-    return pytest.raises((ValueError, StrictDataclassClassValidationError), match=match)
 
 
 def tiny(name, **overrides):

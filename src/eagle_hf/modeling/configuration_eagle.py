@@ -48,6 +48,12 @@ class EagleVisionConfig(PreTrainedConfig):
     (``fusion_hidden_size``: sequence_append's common width, default the widest expert;
     ``fusion_num_heads``: patch_mining/deformable heads; ``fusion_mining_factor``: high-resolution
     patches per grid-cell side; ``fusion_num_points``: deformable sampling points per head and map).
+
+    ``grayscale_experts`` names experts that see the image without its colour: a grey image (three
+    equal channels, in the expert's own input space). In evaluation the grey is the luminance
+    (ITU-R BT.601 weights); in training each image gets random convex channel weights instead, so
+    brightness does not identify a colour either. Such an expert can only encode form, so a readout
+    cannot learn "this colour never has that shape" from its features (held-out colour-shape pairs).
     """
 
     model_type = "eagle_vl_vision"
@@ -63,6 +69,7 @@ class EagleVisionConfig(PreTrainedConfig):
     fusion_num_heads: int = 1
     fusion_mining_factor: int = 2
     fusion_num_points: int = 4
+    grayscale_experts: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         # The expert slots are not dataclass fields (their set grows with the registry), so they
@@ -94,6 +101,12 @@ class EagleVisionConfig(PreTrainedConfig):
             spec = get_expert(name)  # unknown names fail with the list of known ones
             if self.expert_config(name) is None:
                 raise ValueError(f"expert {name!r} is in expert_order but {spec.slot} is not set")
+        unknown = [n for n in self.grayscale_experts or () if n not in self.expert_order]
+        if unknown:
+            raise ValueError(f"grayscale_experts names {unknown}, which expert_order ({self.expert_order}) does not "
+                             "hold; list only experts of the mixture")
+        if self.grayscale_experts and len(self.image_mean) != 3:
+            raise ValueError(f"grayscale_experts needs an RGB input (image_mean has {len(self.image_mean)} channels)")
         if self.grid_size < 1 or self.image_size < 1:
             raise ValueError(f"grid_size ({self.grid_size}) and image_size ({self.image_size}) must be positive")
 

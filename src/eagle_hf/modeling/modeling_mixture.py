@@ -14,6 +14,9 @@ from .fusion import DeformableFusion, get_fusion, resize_bilinear
 from .registry import get_expert
 from .validation import check_pixel_values
 
+# ITU-R BT.601 luma weights (PIL's convert("L")), the grey of grayscale_experts in evaluation.
+_LUMA = (0.299, 0.587, 0.114)
+
 
 @dataclass
 class EagleVisionOutput(BaseModelOutputWithPooling):
@@ -138,9 +141,24 @@ class EagleVisionTower(PreTrainedModel):
             device = None  # accelerate's device-map hooks move the inputs to each expert themselves
         check_pixel_values(pixel_values, self.config, device)
 
+    def grayscale(self, x: torch.Tensor, space: str) -> torch.Tensor:
+        """``x`` (in ``space``) as a grey image in the same space: luminance in eval mode, random
+        convex channel weights per image in training mode (``config.grayscale_experts``)."""
+        mean, std = self.image_mean.to(x.dtype), self.image_std.to(x.dtype)
+        if space == "pixels_255":
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)  # already pixel values
+        pixels = x * std + mean
+        if self.training:
+            weights = torch.distributions.Dirichlet(torch.ones(3)).sample((x.shape[0],)).to(x.device, x.dtype)
+            weights = weights.view(-1, 3, 1, 1)
+        else:
+            weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        grey = (pixels * weights).sum(1, keepdim=True).expand_as(pixels)
+        return (grey - mean) / std
+
     def expert_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each expert's input, computing every distinct (size, value space) only once."""
-        cache: dict[tuple[int, str], torch.Tensor] = {}
+        """Each expert's input, computing every distinct (size, value space[, grey]) only once."""
+        cache: dict[tuple, torch.Tensor] = {}
         inputs = {}
         for name, expert in self.experts.items():
             key = (expert.input_size, expert.input_space)
@@ -155,6 +173,10 @@ class EagleVisionTower(PreTrainedModel):
                 if expert.input_size != self.config.image_size:
                     x = resize_bilinear(x, expert.input_size, x.dtype)
                 cache[key] = x
+            if name in (self.config.grayscale_experts or ()):
+                if (*key, "grey") not in cache:
+                    cache[(*key, "grey")] = self.grayscale(cache[key], expert.input_space)
+                key = (*key, "grey")
             inputs[name] = cache[key]
         return inputs
 
