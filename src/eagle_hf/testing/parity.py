@@ -529,7 +529,7 @@ def run_parity(fixture_path: str | os.PathLike | dict, model_or_dir, image_proce
             stages.append(stage)
             if kind != "features":
                 own_channels.append((entry["channel_offset"], entry["channel_offset"] + entry["channels"],
-                                       *bounds[kind]))
+                                    *bounds[kind]))
         has_loose = "pix2struct" in natives
         # Pix2Struct's noise reaches the projector through its channels; a measured bound wins.
         projector_bound = bounds["pix2struct" if has_loose and "projector" not in given else "projector"]
