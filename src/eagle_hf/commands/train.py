@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--time-budget", type=float,
                         help="minutes: anneal the learning rate over this wall-clock time and stop when it is spent")
+    parser.add_argument("--question-prior", type=float, metavar="ALPHA",
+                        help="train the model as a product with the question-only answer prior counted from --data "
+                             "(add-ALPHA smoothing, e.g. 1), so that it learns what the image adds to the question "
+                             "rather than the answers' text prior; the model is used alone afterwards")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -80,6 +84,7 @@ def options_from_args(args: argparse.Namespace):
         train_experts=args.train_experts, lora_r=args.lora_r, lora_alpha=args.lora_alpha, resume=args.resume,
         seed=args.seed, num_workers=args.num_workers,
         time_budget_s=args.time_budget * 60 if args.time_budget else None, progress=args.progress,
+        question_prior=args.question_prior,
     )
 
 

@@ -63,6 +63,7 @@ class TrainOptions:
     num_workers: int = 0
     time_budget_s: float | None = None
     tiny_vocab_size: int = 1024
+    question_prior: float | None = None  # add-alpha smoothing of the counted question-only prior; None: off
     progress: bool = True
     save_final: bool = True
     callbacks: list | None = None
@@ -250,10 +251,17 @@ def train(opts: TrainOptions, model=None, processor=None) -> dict:
 
     max_length = opts.max_length or getattr(model.config, "max_sequence_length", None)
     collator = EagleDataCollator(processor, template=opts.template, max_length=max_length, on_error=opts.on_error)
+    prior = None
+    if opts.question_prior is not None:
+        from .question_prior import QuestionPrior
+
+        prior = QuestionPrior.from_dataset(train_set, collator, model.get_output_embeddings().out_features,
+                                           alpha=opts.question_prior)
+        logger.info("question prior: %d question turns counted", len(prior.log_probs))
     trainer = EagleTrainer(
         model=staged.model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
         processing_class=processor, stage_lrs=lrs, group_by_modality_length=opts.group_by_modality_length,
-        time_budget_s=opts.time_budget_s, callbacks=opts.callbacks,
+        time_budget_s=opts.time_budget_s, callbacks=opts.callbacks, question_prior=prior,
     )
     resume = opts.resume
     if resume == "auto":
@@ -272,6 +280,7 @@ def train(opts: TrainOptions, model=None, processor=None) -> dict:
         "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
         "wrapped_model": type(trainer.model_wrapped).__name__,
         "skipped_rows": getattr(train_set, "skipped", 0) + collator.skipped,
+        "question_prior_turns": len(prior.log_probs) if prior is not None else None,
     }
     if eval_set is not None:
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]

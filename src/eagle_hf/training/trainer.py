@@ -4,7 +4,8 @@
 * optimizer groups with separate learning rates per model part (:mod:`.stages`);
 * an optional wall-clock budget: the learning rate follows a cosine over
   ``max(step / max_steps, elapsed / budget)`` and training stops when either runs out, so a run
-  meant to take ten minutes anneals properly however busy the machine is.
+  meant to take ten minutes anneals properly however busy the machine is;
+* an optional question-only answer prior the loss is a product with (:mod:`.question_prior`).
 
 Everything else (precision, gradient checkpointing, checkpoints and resume, evaluation, DDP, FSDP,
 DeepSpeed) is the stock Trainer's.
@@ -23,8 +24,9 @@ from .stages import StageLRs, param_groups
 
 class EagleTrainer(Trainer):
     def __init__(self, *args, stage_lrs: StageLRs | None = None, group_by_modality_length: bool = False,
-                 time_budget_s: float | None = None, **kwargs):
+                 time_budget_s: float | None = None, question_prior=None, **kwargs):
         self.stage_lrs = stage_lrs
+        self.question_prior = question_prior
         self.group_by_modality_length = group_by_modality_length
         self.time_budget_s = time_budget_s
         self._budget = _Budget(time_budget_s) if time_budget_s else None
@@ -42,6 +44,27 @@ class EagleTrainer(Trainer):
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             )
         return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.question_prior is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        # The model's own causal-LM loss (its label masking, shift and normalisation over the
+        # batch's tokens) on its logits plus the log prior: the product of the two distributions.
+        # Evaluation losses during training are of the product too.
+        base = self.accelerator.unwrap_model(model)
+        logits = self.question_prior.add_to(outputs.logits, inputs["input_ids"], labels, inputs.get("attention_mask"))
+        loss = base.loss_function(
+            logits=logits, labels=base.mask_labels(labels, inputs["input_ids"], inputs.get("attention_mask")),
+            vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens: scaled back as the stock compute_loss does.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                           else self.args.n_gpu)
+        return (loss, outputs) if return_outputs else loss
 
     def _save_optimizer_and_scheduler(self, output_dir):
         # The checkpoint's weights are written, its optimizer and trainer state not yet: the
