@@ -71,8 +71,8 @@ def test_prior_counts_the_first_answer_token_of_each_question_turn(tiny, image_d
     (grey,) = _first_answer_ids(collator, dataset, 2)
     green, _ = _first_answer_ids(collator, dataset, 3)
     # Three question turns: sky, grass, and "Is it day?" whatever came before it.
-    assert len(prior.log_probs) == 3
-    by_text = {processor.tokenizer.decode(list(key)): row.exp() for key, row in prior.log_probs.items()}
+    assert len(prior) == 3
+    by_text = {processor.tokenizer.decode(list(key)): prior.log_prob_row(key).exp() for key in prior.counts}
     sky = next(p for text, p in by_text.items() if "sky" in text)
     day = next(p for text, p in by_text.items() if "day" in text)
     grass = next(p for text, p in by_text.items() if "grass" in text)
@@ -83,8 +83,9 @@ def test_prior_counts_the_first_answer_token_of_each_question_turn(tiny, image_d
     assert math.isclose(sky[green], alpha / (3 + vocab * alpha), rel_tol=1e-5)
     assert math.isclose(day[yes], (2 + alpha) / (2 + vocab * alpha), rel_tol=1e-5)
     assert math.isclose(grass[green], (1 + alpha) / (1 + vocab * alpha), rel_tol=1e-5)
-    for p in (sky, day, grass):
+    for p in (sky, day, grass, prior.log_prob_row((1, 2, 3)).exp()):
         assert math.isclose(p.sum().item(), 1.0, rel_tol=1e-5)
+    assert torch.allclose(prior.log_prob_row((1, 2, 3)).exp(), torch.full((vocab,), 1 / vocab))  # never counted
 
 
 def _trainer(model, tmp_path, prior):

@@ -257,7 +257,7 @@ def train(opts: TrainOptions, model=None, processor=None) -> dict:
 
         prior = QuestionPrior.from_dataset(train_set, collator, model.get_output_embeddings().out_features,
                                            alpha=opts.question_prior)
-        logger.info("question prior: %d question turns counted", len(prior.log_probs))
+        logger.info("question prior: %d question turns counted", len(prior))
     trainer = EagleTrainer(
         model=staged.model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
         processing_class=processor, stage_lrs=lrs, group_by_modality_length=opts.group_by_modality_length,
@@ -280,7 +280,7 @@ def train(opts: TrainOptions, model=None, processor=None) -> dict:
         "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
         "wrapped_model": type(trainer.model_wrapped).__name__,
         "skipped_rows": getattr(train_set, "skipped", 0) + collator.skipped,
-        "question_prior_turns": len(prior.log_probs) if prior is not None else None,
+        "question_prior_turns": len(prior) if prior is not None else None,
     }
     if eval_set is not None:
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]

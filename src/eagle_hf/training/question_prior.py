@@ -57,14 +57,23 @@ class QuestionPrior:
                  skip_ids: frozenset[int]):
         check_alpha(alpha)
         self.vocab_size, self.alpha, self.skip_ids = vocab_size, alpha, skip_ids
-        self.log_probs: dict[tuple[int, ...], torch.Tensor] = {}
-        for key, counter in counts.items():
-            row = torch.full((vocab_size,), float(alpha))
-            for token, n in counter.items():
-                row[token] += n
-            self.log_probs[key] = (row / row.sum()).log()
-        # A question never seen in training: the prior knows nothing of it.
-        self.uniform = torch.full((vocab_size,), -torch.log(torch.tensor(float(vocab_size))).item())
+        # Sparse: real data has about as many distinct question turns as rows, so one dense row of
+        # the vocabulary per turn would not fit in memory. (A turn seen once raises its answer over
+        # the rest of the vocabulary by only log(1 + 1/alpha): the prior matters for turns seen often.)
+        self.counts = {key: (torch.tensor(list(c)), torch.tensor(list(c.values()), dtype=torch.float32))
+                       for key, c in counts.items()}
+
+    def __len__(self) -> int:
+        """The number of distinct question turns counted."""
+        return len(self.counts)
+
+    def log_prob_row(self, key: tuple[int, ...]) -> torch.Tensor:
+        """``log p(first answer token | key)`` over the vocabulary (uniform for a turn never counted)."""
+        tokens, n = self.counts.get(key, (torch.zeros(0, dtype=torch.long), torch.zeros(0)))
+        total = n.sum() + self.alpha * self.vocab_size
+        row = torch.full((self.vocab_size,), float(self.alpha)).div_(total).log_()
+        row[tokens] = ((n + self.alpha) / total).log()
+        return row
 
     @classmethod
     def from_dataset(cls, dataset, collator, vocab_size: int, alpha: float = 1.0) -> "QuestionPrior":
@@ -97,7 +106,7 @@ class QuestionPrior:
             for pos, key in answer_keys(row_ids, row_labels, self.skip_ids, row_mask):
                 rows.append(b)
                 cols.append(pos)
-                values.append(self.log_probs.get(key, self.uniform))
+                values.append(self.log_prob_row(key))
         if not values:
             return None
         return torch.tensor(rows), torch.tensor(cols), torch.stack(values)
