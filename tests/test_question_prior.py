@@ -16,6 +16,7 @@ from eagle_hf.training import (
     LlavaDataset,
     LlavaIterableDataset,
     TrainOptions,
+    score,
     train,
 )
 from eagle_hf.training.evaluation import generate_answers
@@ -131,7 +132,7 @@ TEXT_ONLY = [_row(f"r{k + 1}", (q, a)) for k, (q, a) in enumerate(
 
 def _exact_match(model, processor, dataset) -> float:
     answers = generate_answers(model, processor, dataset.examples, batch_size=8, max_new_tokens=3)
-    return sum(a.strip() == ex.prompt_and_answer()[1] for a, ex in zip(answers, dataset.examples)) / len(answers)
+    return score(answers, dataset.examples)["exact_match"]
 
 
 def test_what_the_question_alone_predicts_is_left_to_the_prior(image_dir, tmp_path):
