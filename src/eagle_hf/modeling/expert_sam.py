@@ -1,6 +1,8 @@
 """SAM ViT image-encoder expert (EAGLE's ``sam-1024``) with EAGLE's short neck."""
 
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
@@ -75,18 +77,55 @@ class EagleChannelsFirstLayerNorm(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
-def decomposed_rel_pos_bias(attn: SamVisionAttention, query: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def decomposed_rel_pos_bias(attn: SamVisionAttention, query: torch.Tensor, height: int, width: int,
+                            scratch: "BiasScratch | None" = None) -> torch.Tensor:
     """SAM's decomposed relative-position bias ``[B, heads, h*w, h*w]``, written once into one
-    contiguous buffer. (The broadcast sum transformers forms is not contiguous, so reshaping it for
-    the attention mask copies the whole ``heads x L x L`` tensor again: 1 GiB per global layer.)"""
+    contiguous buffer (from ``scratch`` when one is given). (The broadcast sum transformers forms
+    is not contiguous, so reshaping it for the attention mask copies the whole ``heads x L x L``
+    tensor again: 1 GiB per global layer.)"""
     batch, heads, _, head_dim = query.shape
     query = query.reshape(batch, heads, height, width, head_dim)
     # einsum returns permuted strides; with both terms contiguous (they are small) the broadcast
     # sum is laid out contiguously and the reshape below is a view.
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", query, attn.get_rel_pos(height, height, attn.rel_pos_h)).contiguous()
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", query, attn.get_rel_pos(width, width, attn.rel_pos_w)).contiguous()
-    bias = rel_h[..., :, None] + rel_w[..., None, :]
+    out = scratch.get((*rel_h.shape, width), rel_h) if scratch is not None else None
+    bias = torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out)
     return bias.view(batch, heads, height * width, height * width)
+
+
+class BiasScratch:
+    """One buffer per bias shape, shared by an expert's layers for one forward without autograd.
+
+    Every global layer's bias has one shape (1 GiB in float32 at full size) and every windowed
+    layer's another. A fresh buffer that large comes from new pages each time (glibc maps it
+    anew and the kernel zero-fills it on first touch), which costs more than writing the bias:
+    reusing one buffer took the full-size SAM forward from 9.8 to 8.7 s in bf16. Under autograd a
+    buffer cannot be shared (SDPA saves its mask for the backward), so there it hands out none.
+    The buffers are per thread (a server may run one model in several) and live only inside
+    ``with scratch:``; a copied or pickled model gets a new, empty scratch."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __reduce__(self):
+        return BiasScratch, ()
+
+    def __enter__(self):
+        self._local.buffers = {}
+        return self
+
+    def __exit__(self, *exc):
+        self._local.buffers = None
+
+    def get(self, shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None or torch.is_grad_enabled():
+            return None
+        key = (shape, like.dtype, like.device)
+        if key not in buffers:
+            buffers[key] = like.new_empty(shape)
+        return buffers[key]
 
 
 class EagleSamVisionAttention(SamVisionAttention):
@@ -101,9 +140,10 @@ class EagleSamVisionAttention(SamVisionAttention):
       (normed) token's ``qkv`` is just the bias, so padded tokens cost no matmul (64 -> 70 pads
       16 % of the tokens at full size) and each direction of the partition is one copy."""
 
-    def __init__(self, config: EagleSamExpertConfig, window_size: int):
+    def __init__(self, config: EagleSamExpertConfig, window_size: int, scratch: BiasScratch | None = None):
         super().__init__(config, window_size)
         self.config = config
+        self.scratch = scratch
 
     def forward(self, hidden_states: torch.Tensor, output_attentions=None, window_size: int = 0):
         if self.config._attn_implementation == "eager":
@@ -128,7 +168,7 @@ class EagleSamVisionAttention(SamVisionAttention):
             tokens_h, tokens_w = height, width
         qkv = qkv.reshape(batch * rows * cols, tokens_h * tokens_w, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
-        bias = decomposed_rel_pos_bias(self, query, tokens_h, tokens_w) if self.use_rel_pos else None
+        bias = decomposed_rel_pos_bias(self, query, tokens_h, tokens_w, self.scratch) if self.use_rel_pos else None
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
         out = out.transpose(1, 2)  # [windows, tokens, heads, head_dim]
@@ -175,11 +215,12 @@ class EagleSamExpert(VisionExpertMixin, SamVisionEncoder):
 
     def __init__(self, config: EagleSamExpertConfig):
         super().__init__(config)
+        self.bias_scratch = BiasScratch()
         for layer in self.layers:
             # eagle-hf's layer forward on the modules already built (swapping the class, not
             # rebuilding the layer, so the encoder is not allocated twice)
             layer.__class__ = EagleSamVisionLayer
-            layer.attn = EagleSamVisionAttention(config, layer.window_size)
+            layer.attn = EagleSamVisionAttention(config, layer.window_size, self.bias_scratch)
         self.neck = EagleSamShortNeck(config)
         self.post_init()
 
@@ -194,7 +235,8 @@ class EagleSamExpert(VisionExpertMixin, SamVisionEncoder):
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         # The original forgot this cast (quirk #9); mixed dtypes would crash.
         pixel_values = pixel_values.to(self.patch_embed.projection.weight.dtype)
-        features = super().forward(pixel_values, **kwargs).last_hidden_state
+        with self.bias_scratch:
+            features = super().forward(pixel_values, **kwargs).last_hidden_state
         if self.config.pixel_unshuffle > 1:
             features = F.pixel_unshuffle(features, self.config.pixel_unshuffle)
         return features
