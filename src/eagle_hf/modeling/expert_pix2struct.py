@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
+from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.models.pix2struct.configuration_pix2struct import Pix2StructVisionConfig
 from transformers.models.pix2struct.modeling_pix2struct import (
     Pix2StructVisionAttention,
@@ -69,6 +70,16 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
     input_modalities = ("image",)
     # Which modules the mixture records for output_hidden_states / output_attentions.
     _can_record_outputs = {"hidden_states": Pix2StructVisionLayer, "attentions": Pix2StructVisionAttention}
+
+    def __init__(self, config: EaglePix2StructExpertConfig):
+        super().__init__(config)
+        # The release's `gelu_new` is tanh-GELU composed of seven elementwise passes over the
+        # [tokens, d_ff] activation; torch's fused tanh-GELU is the same function in one pass
+        # (full size: 31 -> 6.5 ms per layer in bf16, 49 -> 5.7 ms in float32, with the same
+        # float32 error against float64).
+        for module in self.modules():
+            if isinstance(getattr(module, "act", None), NewGELUActivation):
+                module.act = GELUTanh()
 
     def make_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """[B, C, H, W] pixels in 0..255 -> (flattened_patches [B, max_patches, 2 + C*p*p], mask, (rows, cols))."""
