@@ -316,6 +316,95 @@ def test_sam_expert_fp32_matches_the_library_encoder_path():
         torch.testing.assert_close(fast(x), eager(x), rtol=1e-5, atol=1e-5)
 
 
+def _sam_with_two_global_layers():
+    expert = tiny_expert("sam", num_hidden_layers=4, global_attn_indexes=[1, 3])
+    with torch.no_grad():
+        for layer in expert.layers:
+            layer.attn.rel_pos_h.normal_(0, 0.5)
+            layer.attn.rel_pos_w.normal_(0, 0.5)
+    return expert
+
+
+def test_sam_bias_scratch_shares_one_buffer_per_shape_and_changes_no_value(monkeypatch):
+    """Without autograd both global layers write their bias into one buffer (and both windowed
+    layers into another), and the output is bit-identical to the one with a fresh buffer per layer;
+    under autograd the scratch hands out none; after the forward the buffers are gone."""
+    from eagle_hf.modeling.expert_sam import BiasScratch
+
+    expert = _sam_with_two_global_layers()
+    x = expert_input(expert, batch=2)
+    handed = []
+    get = BiasScratch.get
+    monkeypatch.setattr(BiasScratch, "get", lambda self, shape, like: handed.append(get(self, shape, like)) or handed[-1])
+    expert(x)
+    assert len(handed) == 4 and all(t is None for t in handed)  # autograd on: no sharing
+    handed.clear()
+    with torch.no_grad():
+        shared = expert(x)
+    assert len(handed) == 4 and all(t is not None for t in handed)
+    global_ptrs = {handed[i].data_ptr() for i in (1, 3)}
+    window_ptrs = {handed[i].data_ptr() for i in (0, 2)}
+    assert len(global_ptrs) == 1 and len(window_ptrs) == 1 and global_ptrs != window_ptrs
+    assert expert.bias_scratch._local.buffers is None
+    monkeypatch.setattr(BiasScratch, "get", lambda self, shape, like: None)  # a fresh buffer per layer
+    with torch.no_grad():
+        fresh = expert(x)
+    assert torch.equal(shared, fresh)
+
+
+def test_sam_bias_scratch_is_per_thread_and_per_copy():
+    """Two threads running one model at once, and a deep copy or a pickled copy of it, each get
+    their own buffers. The copies' outputs equal the original's exactly; the threads' equal the
+    sequential ones to float32 rounding (an op run from a second Python thread may split its
+    reduction differently), far below what another image's bias in the buffer would change."""
+    import copy
+    import pickle
+    import threading
+
+    expert = _sam_with_two_global_layers()
+    inputs = [expert_input(expert, batch=1, seed=s) for s in range(2)]
+    with torch.no_grad():
+        expected = [expert(x) for x in inputs]
+        results, barrier = [None, None], threading.Barrier(2)
+
+        def run(i):
+            barrier.wait()
+            for _ in range(3):
+                results[i] = expert(inputs[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert (expected[0] - expected[1]).abs().max() > 0.1
+        for got, want in zip(results, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for clone in (copy.deepcopy(expert), pickle.loads(pickle.dumps(expert))):
+            scratch = clone.bias_scratch
+            assert scratch is not expert.bias_scratch
+            assert all(layer.attn.scratch is scratch for layer in clone.layers)
+            assert torch.equal(clone(inputs[0]), expected[0])
+
+
+def test_pix2struct_runs_the_releases_gelu_new_as_the_fused_tanh_gelu():
+    """The released `dense_act_fn="gelu_new"` runs as torch's fused tanh-GELU: the same function,
+    so the expert's output matches the one with transformers' composed `NewGELUActivation`."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    expert = tiny_expert("pix2struct", dense_act_fn="gelu_new")
+    acts = [m for m in expert.modules() if hasattr(m, "act") and isinstance(m.act, torch.nn.Module)]
+    assert len(acts) == expert.config.num_hidden_layers and all(type(m.act) is GELUTanh for m in acts)
+    x = expert_input(expert, batch=2)
+    with torch.no_grad():
+        fused = expert(x)
+        for m in acts:
+            m.act = NewGELUActivation()
+        composed = expert(x)
+    torch.testing.assert_close(fused, composed, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fused, torch.zeros_like(fused))
+
+
 # --------------------------------------------------------------------------------------------------
 # Pix2Struct's in-model patching (what the original's per-forward processor round trip did)
 
