@@ -41,10 +41,11 @@ images smaller than 2 pixels on a side, unsupported channel counts or value rang
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -456,6 +457,91 @@ class EagleImageProcessingMixin:
         return np.ascontiguousarray(table, dtype=np.float32)
 
 
+# PIL's resampling filters and their support (``src/libImaging/Resample.c``); NEAREST takes another path.
+_FILTER_SUPPORT = {PILImageResampling.BOX: 0.5, PILImageResampling.BILINEAR: 1.0, PILImageResampling.HAMMING: 1.0,
+                   PILImageResampling.BICUBIC: 2.0, PILImageResampling.LANCZOS: 3.0}
+
+
+class PaddedSquare(NamedTuple):
+    """A resized padded canvas, stored as the only part that is not the padding colour: ``band`` (a PIL
+    image) at ``start`` along ``axis`` (0: rows, 1: columns) of a ``height x width`` image of ``fill``."""
+
+    band: Image.Image
+    axis: int
+    start: int
+    height: int
+    width: int
+    fill: tuple[int, int, int]
+
+    def to_array(self) -> np.ndarray:
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        out[...] = self.fill
+        stop = self.start + self.band.size[1 - self.axis]
+        (out[self.start:stop] if self.axis == 0 else out[:, self.start:stop])[...] = np.asarray(self.band)
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def _resized_band(side: int, size_out: int, content: tuple[int, int],
+                  support: float) -> tuple[int, int, float, float] | None:
+    """Output pixels ``[a, b)`` of PIL's resampling of a ``side``-pixel axis to ``size_out`` that read any
+    of the ``content`` input pixels ``[lo, hi)``, and the ``box`` bounds that make PIL compute exactly
+    those (``a * scale``, ``b * scale``), or None when PIL's arithmetic would not give them
+    bit for bit. Every other output pixel only reads padding, and PIL's 22-bit fixed-point weights sum
+    to 2**22 within a few units, so they come out as the padding colour exactly.
+
+    Exactness: PIL computes ``scale = (float)(in1 - in0) / out`` and ``center = in0 + (j + 0.5) * scale``
+    with a float32 box (``precompute_coeffs``). Each band pixel's ``center`` (and so its window and
+    weights) must equal the full resize's; that holds when ``a * scale`` and ``b * scale`` are exact in
+    float32 (for the 1024-pixel release sizes, ``side / 1024`` is dyadic), and it is checked here."""
+    scale = side / size_out
+    radius = support * max(scale, 1.0)
+    lo, hi = content
+    reads = [j for j in range(size_out)
+             if max(int((j + 0.5) * scale - radius + 0.5), 0) < hi and min(int((j + 0.5) * scale + radius + 0.5), side) > lo]
+    a, b = reads[0], reads[-1] + 1
+    if (a, b) == (0, size_out):
+        return None
+    in0, in1 = np.float32(a * scale), np.float32(b * scale)
+    band_scale = float(np.float32(in1 - in0)) / (b - a)
+    if float(in0) != a * scale or float(in1) != b * scale or band_scale != scale:
+        return None
+    if any(float(in0) + (j + 0.5) * band_scale != (a + j + 0.5) * scale for j in range(b - a)):
+        return None
+    return a, b, float(in0), float(in1)
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_tables(table_bytes: bytes) -> tuple[Any, ...]:
+    """Per channel, the float32 values of every pair of consecutive uint8 values, as one 8-byte word per
+    pair (index: the two bytes read as a little-endian uint16): one gather writes two output pixels.
+    torch's ``index_select`` (int32 indices) gathers about 3x faster than ``np.take``, which converts
+    its indices to int64 first; numpy is the fallback when torch is absent."""
+    table = np.frombuffer(table_bytes, dtype=np.float32).reshape(3, 256)
+    pairs = []
+    for row in table:
+        both = np.empty((256, 256, 2), dtype=np.float32)
+        both[:, :, 0] = row[None, :]  # low byte: the first pixel
+        both[:, :, 1] = row[:, None]
+        words = both.reshape(-1).view(np.float64)
+        pairs.append(torch.from_numpy(words) if torch is not None else words)
+    return tuple(pairs)
+
+
+def _lookup_plane(table: np.ndarray, pairs: Any, plane: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = table[plane]`` for a contiguous uint8 plane and a contiguous float32 ``out``."""
+    flat, dest = plane.reshape(-1), out.reshape(-1)
+    even = flat.size - flat.size % 2
+    words = dest[:even].view(np.float64)
+    if torch is not None and words.ctypes.data % 8 == 0:
+        index = torch.from_numpy(flat[:even].view("<u2").astype(np.int32))
+        torch.index_select(pairs, 0, index, out=torch.from_numpy(words))
+    else:
+        np.take(np.asarray(pairs), flat[:even].view("<u2").astype(np.intp), out=words)
+    if even < flat.size:
+        dest[-1] = table[flat[-1]]
+
+
 class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
     r"""EAGLE image processor (PIL backend, the default): pad to square, PIL-bicubic shortest-edge resize,
     centre crop, rescale, CLIP normalisation — numerically identical to the original ``process_images``
@@ -481,6 +567,27 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
         return canvas
 
+    @staticmethod
+    def _resize_padded(canvas: Image.Image, content: tuple[int, int], target: tuple[int, int], resample: Any,
+                       fill: tuple[int, int, int]) -> PaddedSquare | None:
+        """``canvas.resize`` of a padded canvas, bit for bit, with PIL computing only the output rows (or
+        columns) that read the pasted image: a 4:3 photo pads a quarter of the canvas, a 16:9 one 44 %."""
+        support = _FILTER_SUPPORT.get(PILImageResampling(resample))
+        if support is None:
+            return None
+        side, (width, height), (out_h, out_w) = canvas.width, content, target
+        axis = 0 if width > height else 1  # the padded axis: rows above and below, or columns beside
+        extent, out_size = (height, out_h) if axis == 0 else (width, out_w)
+        lo = (side - extent) // 2
+        band = _resized_band(side, out_size, (lo, lo + extent), support)
+        if band is None:
+            return None
+        a, b, start, stop = band
+        box = (0, start, side, stop) if axis == 0 else (start, 0, stop, side)
+        size = (out_w, b - a) if axis == 0 else (b - a, out_h)
+        return PaddedSquare(canvas.resize(size, resample=PILImageResampling(resample), box=box), axis, a, out_h, out_w,
+                            fill)
+
     def _square_image(
         self,
         image: Image.Image,
@@ -491,14 +598,20 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         do_center_crop: bool,
         crop_size: SizeDict,
         image_mean: float | Iterable[float],
-    ) -> Image.Image | np.ndarray:
-        """The square as a PIL image, or as an ``(H, W, 3)`` uint8 array when the crop is larger than the
-        image (transformers' ``center_crop`` then pads with zeros, which PIL's crop would not do)."""
+    ) -> Image.Image | np.ndarray | PaddedSquare:
+        """The square as a PIL image, as a `PaddedSquare` when only the band of the pasted image had to
+        be resized, or as an ``(H, W, 3)`` uint8 array when the crop is larger than the image
+        (transformers' ``center_crop`` then pads with zeros, which PIL's crop would not do)."""
+        content = image.size
         if pad_to_square:
             image = self.expand_to_square(image, self._background(image_mean))
         if do_resize:
             height, width = self._resize_target(image.width, image.height, size)
             if (height, width) != (image.height, image.width):
+                if image.size != content and (not do_center_crop or (crop_size.height, crop_size.width) == (height, width)):
+                    padded = self._resize_padded(image, content, (height, width), resample, self._background(image_mean))
+                    if padded is not None:
+                        return padded
                 image = image.resize((width, height), resample=PILImageResampling(resample))
         if not do_center_crop or (crop_size.height, crop_size.width) == (image.height, image.width):
             return image
@@ -515,15 +628,18 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         return np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.uint8)
 
     def _square_uint8(self, image: Image.Image, **options) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(self._square_image(image, **options)), dtype=np.uint8)
+        square = self._square_image(image, **options)
+        if isinstance(square, PaddedSquare):
+            return square.to_array()
+        return np.ascontiguousarray(np.asarray(square), dtype=np.uint8)
 
     def _squares(self, images: list[Image.Image], disable_grouping: bool | None = None,
                  **options) -> list[Image.Image | np.ndarray]:
         return [self._square_image(image, **options) for image in images]
 
     @staticmethod
-    def _chw_shape(square: Image.Image | np.ndarray) -> tuple[int, int, int]:
-        if isinstance(square, Image.Image):
+    def _chw_shape(square: Image.Image | np.ndarray | PaddedSquare) -> tuple[int, int, int]:
+        if isinstance(square, (Image.Image, PaddedSquare)):
             return (3, square.height, square.width)
         return (3, *square.shape[:2])
 
@@ -532,19 +648,31 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         return np.empty(shape, dtype=np.float32)
 
     @staticmethod
-    def _lookup(table: np.ndarray, square: Image.Image | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _lookup(table: np.ndarray, square: Image.Image | np.ndarray | PaddedSquare,
+                out: np.ndarray | None = None) -> np.ndarray:
         # Rescale + normalise depend only on (channel, uint8 value): one 256-entry table per channel,
-        # filled with exactly the original arithmetic, replaces ~6 passes over the image. On a PIL
-        # image, Pillow applies it to each channel plane in C (`point` from 8-bit to 32-bit float, exact
-        # since every entry is a float32), which also skips the HWC -> CHW transpose.
+        # filled with exactly the original arithmetic, replaces ~6 passes over the image. It is applied
+        # to each channel plane (which also skips the HWC -> CHW transpose) two pixels per gather, from
+        # a table of value pairs; a padded square's padding is a fill.
         pixels = np.empty(EagleImageProcessor._chw_shape(square), dtype=np.float32) if out is None else out
-        if isinstance(square, Image.Image):
-            for c, plane in enumerate(square.split()):
-                values = plane.point(table[c % len(table)].tolist(), "F").tobytes()
-                pixels[c] = np.frombuffer(values, dtype=np.float32).reshape(pixels.shape[1:])
-        else:
+        table = np.ascontiguousarray(np.broadcast_to(table, (3, 256)), dtype=np.float32)
+        pairs = _pair_tables(table.tobytes())
+        region, image = pixels, square
+        if isinstance(square, PaddedSquare):
+            stop = square.start + square.band.size[1 - square.axis]
+            before, region, after = ((pixels[:, :square.start], pixels[:, square.start:stop], pixels[:, stop:])
+                                     if square.axis == 0 else
+                                     (pixels[:, :, :square.start], pixels[:, :, square.start:stop], pixels[:, :, stop:]))
             for c in range(3):
-                np.take(table[c % len(table)], square[:, :, c], out=pixels[c])
+                before[c] = after[c] = table[c, square.fill[c]]
+            image = square.band
+        planes = image.split() if isinstance(image, Image.Image) else [image[:, :, c] for c in range(3)]
+        for c, plane in enumerate(planes):
+            dest = region[c]  # a column band's rows are not contiguous: gathered into a buffer, then copied
+            target = dest if dest.flags.c_contiguous else np.empty(dest.shape, dtype=np.float32)
+            _lookup_plane(table[c], pairs[c], np.ascontiguousarray(plane, dtype=np.uint8), target)
+            if target is not dest:
+                dest[...] = target
         return pixels
 
 
