@@ -435,6 +435,27 @@ def test_pix2struct_patches_match_transformers_image_processor(shape, overrides)
     assert (patches - ref["flattened_patches"]).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("shape,size", [((1, 3, 1024, 1024), (720, 720)), ((2, 3, 64, 48), (80, 32)),
+                                        ((1, 3, 33, 70), (16, 112)), ((1, 3, 40, 50), (40, 20))],
+                         ids=["release-1024-to-720", "up-and-down", "odd", "one-axis"])
+def test_banded_antialiased_resize_equals_torch_interpolate(shape, size):
+    """The banded-matmul resize is torch's antialiased bilinear, up to float32 summation order (values of
+    0..255: 1e-4 is a few ulps), and its bands cover every input pixel that torch reads."""
+    from eagle_hf.modeling.expert_pix2struct import _resampling_bands, resize_antialiased
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(5)) * 255
+    expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    got = resize_antialiased(x, *size)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
+    for size_in, size_out in zip(shape[2:], size):
+        bands = _resampling_bands(size_in, size_out, torch.device("cpu"))
+        assert [b[0] for b in bands][0] == 0 and bands[-1][1] == size_out
+        assert all(prev[1] == nxt[0] for prev, nxt in zip(bands, bands[1:]))
+        for _, _, _, _, weights in bands:  # rows of resampling weights sum to one
+            torch.testing.assert_close(weights.sum(1), torch.ones(weights.shape[0]), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["uniform", "offset_tiny_spread", "constant", "batch_mixed"])
 def test_pix2struct_image_statistics_are_the_float64_ones(kind):
     """The chunked one-pass statistics equal float64 mean/std of the whole image, rounded to float32."""

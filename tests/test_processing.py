@@ -192,6 +192,54 @@ def test_crop_paths_and_values_match_transformers_center_crop(kwargs, expected_h
     assert all(np.array_equal(u, got[0]) for u in unbatched)
 
 
+@pytest.mark.parametrize("resample", ["BICUBIC", "BILINEAR", "LANCZOS", "BOX", "HAMMING"])
+def test_padded_resize_computes_only_the_image_band_and_equals_full_pil_resize_bit_for_bit(resample):
+    """The padded canvas is resized by PIL only where the image is (`PaddedSquare`): the result and the
+    pixel values equal resizing the whole canvas, for both orientations, down- and up-scaling, odd sizes,
+    and sizes where the band's box would not be exact (which must fall back to the full resize)."""
+    from eagle_hf.processing.image_processing_eagle import PaddedSquare
+
+    filt = getattr(Image.Resampling, resample)
+    rng = np.random.default_rng(1)
+    banded = 0
+    for (width, height), size in [((640, 480), 1024), ((480, 640), 1024), ((1000, 563), 1024), ((37, 1200), 1024),
+                                  ((3000, 2000), 1024), ((2, 900), 1024), ((1023, 1024), 1024), ((333, 222), 448),
+                                  ((640, 480), 333), ((50, 20), 1024)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        processor = EagleImageProcessor(size=size, resample=filt)
+        side = max(width, height)
+        canvas = Image.new("RGB", (side, side), (122, 116, 104))
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        expected = np.asarray(canvas.resize((size, size), resample=filt))
+        opts = processor._standardize_kwargs(**{k: getattr(processor, k, None) for k in processor._valid_kwargs_names})
+        square = processor._square_image(image, pad_to_square=True, do_resize=True, size=opts["size"], resample=filt,
+                                         do_center_crop=True, crop_size=opts["crop_size"], image_mean=OPENAI_CLIP_MEAN)
+        banded += isinstance(square, PaddedSquare)
+        assert np.array_equal(processor.square_uint8(image), expected), (width, height, size)
+        got = processor(image, return_tensors="np")["pixel_values"][0]
+        assert np.array_equal(got, reference_pixels(expected)), (width, height, size)
+    assert banded >= 7  # the 1024 targets are exact; (333, 222) -> 448 and 640 -> 333 may fall back
+
+
+def test_value_lookup_without_torch_gives_the_same_bits(monkeypatch):
+    """The pair-table look-up gathers with torch when it is there and with numpy otherwise: same values,
+    including odd pixel counts (a last unpaired pixel) and planes whose 8-byte words are misaligned."""
+    from eagle_hf.processing import image_processing_eagle as ipe
+
+    images = [Image.fromarray(rgb(33, 21, seed=s)) for s in range(3)] + [Image.fromarray(rgb(640, 480, seed=9))]
+    processors = [EagleImageProcessor(size=333), EagleImageProcessor(size=17), EagleImageProcessor()]
+    with_torch = [p(images, return_tensors="np")["pixel_values"] for p in processors]
+    ipe._pair_tables.cache_clear()
+    monkeypatch.setattr(ipe, "torch", None)
+    try:
+        without = [p(images, return_tensors="np")["pixel_values"] for p in processors]
+    finally:
+        ipe._pair_tables.cache_clear()
+    for a, b, p in zip(with_torch, without, processors):
+        assert np.array_equal(a, b)
+        assert np.array_equal(a[0], reference_pixels(p.square_uint8(images[0])))
+
+
 # --------------------------------------------------------------------------------------------------
 # Input kinds
 
