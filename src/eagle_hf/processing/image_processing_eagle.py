@@ -473,11 +473,16 @@ class PaddedSquare(NamedTuple):
     width: int
     fill: tuple[int, int, int]
 
+    def regions(self) -> tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]:
+        """Indices of an ``(H, W, ...)`` array: the padding before the band, the band, the padding after."""
+        stop = self.start + self.band.size[1 - self.axis]
+        lead = (slice(None),) * self.axis
+        return lead + (slice(None, self.start),), lead + (slice(self.start, stop),), lead + (slice(stop, None),)
+
     def to_array(self) -> np.ndarray:
         out = np.empty((self.height, self.width, 3), dtype=np.uint8)
         out[...] = self.fill
-        stop = self.start + self.band.size[1 - self.axis]
-        (out[self.start:stop] if self.axis == 0 else out[:, self.start:stop])[...] = np.asarray(self.band)
+        out[self.regions()[1]] = np.asarray(self.band)
         return out
 
 
@@ -532,12 +537,11 @@ def _lookup_plane(table: np.ndarray, pairs: Any, plane: np.ndarray, out: np.ndar
     """``out[...] = table[plane]`` for a contiguous uint8 plane and a contiguous float32 ``out``."""
     flat, dest = plane.reshape(-1), out.reshape(-1)
     even = flat.size - flat.size % 2
-    words = dest[:even].view(np.float64)
+    words, index = dest[:even].view(np.float64), flat[:even].view("<u2")
     if torch is not None and words.ctypes.data % 8 == 0:
-        index = torch.from_numpy(flat[:even].view("<u2").astype(np.int32))
-        torch.index_select(pairs, 0, index, out=torch.from_numpy(words))
+        torch.index_select(pairs, 0, torch.from_numpy(index.astype(np.int32)), out=torch.from_numpy(words))
     else:
-        np.take(np.asarray(pairs), flat[:even].view("<u2").astype(np.intp), out=words)
+        np.take(np.asarray(pairs), index.astype(np.intp), out=words)
     if even < flat.size:
         dest[-1] = table[flat[-1]]
 
@@ -602,14 +606,14 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         """The square as a PIL image, as a `PaddedSquare` when only the band of the pasted image had to
         be resized, or as an ``(H, W, 3)`` uint8 array when the crop is larger than the image
         (transformers' ``center_crop`` then pads with zeros, which PIL's crop would not do)."""
-        content = image.size
+        content, background = image.size, self._background(image_mean)
         if pad_to_square:
-            image = self.expand_to_square(image, self._background(image_mean))
+            image = self.expand_to_square(image, background)
         if do_resize:
             height, width = self._resize_target(image.width, image.height, size)
             if (height, width) != (image.height, image.width):
                 if image.size != content and (not do_center_crop or (crop_size.height, crop_size.width) == (height, width)):
-                    padded = self._resize_padded(image, content, (height, width), resample, self._background(image_mean))
+                    padded = self._resize_padded(image, content, (height, width), resample, background)
                     if padded is not None:
                         return padded
                 image = image.resize((width, height), resample=PILImageResampling(resample))
@@ -657,18 +661,15 @@ class EagleImageProcessor(EagleImageProcessingMixin, PilBackend):
         pixels = np.empty(EagleImageProcessor._chw_shape(square), dtype=np.float32) if out is None else out
         table = np.ascontiguousarray(np.broadcast_to(table, (3, 256)), dtype=np.float32)
         pairs = _pair_tables(table.tobytes())
-        region, image = pixels, square
+        band, image = (slice(None),), square
         if isinstance(square, PaddedSquare):
-            stop = square.start + square.band.size[1 - square.axis]
-            before, region, after = ((pixels[:, :square.start], pixels[:, square.start:stop], pixels[:, stop:])
-                                     if square.axis == 0 else
-                                     (pixels[:, :, :square.start], pixels[:, :, square.start:stop], pixels[:, :, stop:]))
+            before, band, after = square.regions()
             for c in range(3):
-                before[c] = after[c] = table[c, square.fill[c]]
+                pixels[c][before] = pixels[c][after] = table[c, square.fill[c]]
             image = square.band
         planes = image.split() if isinstance(image, Image.Image) else [image[:, :, c] for c in range(3)]
         for c, plane in enumerate(planes):
-            dest = region[c]  # a column band's rows are not contiguous: gathered into a buffer, then copied
+            dest = pixels[c][band]  # a column band's rows are not contiguous: gathered into a buffer, then copied
             target = dest if dest.flags.c_contiguous else np.empty(dest.shape, dtype=np.float32)
             _lookup_plane(table[c], pairs[c], np.ascontiguousarray(plane, dtype=np.uint8), target)
             if target is not dest:
