@@ -4,7 +4,7 @@
     python benchmarks/expert_peak.py --experts sam --repeats 3
     python benchmarks/expert_peak.py --preset tiny --peak-n 256   # smoke run (tested)
 
-For every expert: its forward on its own input (what `EagleVisionTower.expert_inputs` hands it),
+For every expert: its forward on its own input (what `EagleVisionTower.expert_calls` hands it),
 best of ``--repeats`` after the FLOP-counting call (the warm-up); FLOPs counted by PyTorch's
 FlopCounterMode (matmuls, convolutions and attention; elementwise work is not counted, so it shows
 up as a lower fraction); and ``fraction_of_peak`` = FLOP/s / the best dense ``--peak-n`` square
@@ -52,11 +52,11 @@ def main(argv=None) -> None:
     pixels = torch.randn(args.batch_size, 3, cfg.image_size, cfg.image_size, dtype=dtype)
     rows = []
     with torch.inference_mode():
-        inputs = tower.expert_inputs(pixels)
+        calls = tower.expert_calls(pixels)
         for name, expert in tower.experts.items():
-            x = inputs[name]
-            flops = forward_flops(lambda: expert(x))  # also the warm-up
-            seconds, _ = timed(lambda: expert(x), args.repeats)
+            x, extra = calls[name]
+            flops = forward_flops(lambda: expert(x, **extra))  # also the warm-up
+            seconds, _ = timed(lambda: expert(x, **extra), args.repeats)
             rows.append({"expert": name, "seconds": seconds, "gflop": flops / 1e9, "tflops_per_s": flops / seconds / 1e12})
             print(f"# {name}: {seconds:.3f} s, {flops / 1e9:.1f} GFLOP", flush=True)
         if not args.no_tower:

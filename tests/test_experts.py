@@ -456,20 +456,43 @@ def test_banded_antialiased_resize_equals_torch_interpolate(shape, size):
             torch.testing.assert_close(weights.sum(1), torch.ones(weights.shape[0]), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["uniform", "offset_tiny_spread", "constant", "batch_mixed"])
-def test_pix2struct_image_statistics_are_the_float64_ones(kind):
-    """The chunked one-pass statistics equal float64 mean/std of the whole image, rounded to float32."""
+@pytest.mark.parametrize("kind", ["uniform", "offset_tiny_spread", "constant", "rows_mixed"])
+def test_pix2struct_row_moments_are_the_float64_ones(kind):
+    """The chunked one-pass moments equal float64 mean / population variance of each row."""
     g = torch.Generator().manual_seed(0)
     if kind == "uniform":
-        x = torch.rand(1, 3, 300, 301, generator=g) * 255  # numel not a multiple of the chunk
+        x = torch.rand(3, 300 * 301, generator=g) * 255  # length not a multiple of the chunk
     elif kind == "offset_tiny_spread":  # where an unshifted sum of squares would cancel
-        x = 200 + torch.rand(1, 3, 256, 256, generator=g) * 1e-3
+        x = 200 + torch.rand(3, 256 * 256, generator=g) * 1e-3
     elif kind == "constant":
-        x = torch.full((1, 3, 64, 64), 17.0)
+        x = torch.full((3, 64 * 64), 17.0)
     else:
-        x = torch.stack([torch.rand(3, 128, 128, generator=g) * 255, torch.rand(3, 128, 128, generator=g) * 3])
+        x = torch.stack([torch.rand(128 * 128, generator=g) * 255, torch.rand(128 * 128, generator=g) * 3])
     expert = _pix2struct_expert()
-    mean, std = expert._image_statistics(x, chunk=4096)
-    flat = x.reshape(x.shape[0], -1).double()
-    assert torch.equal(mean, flat.mean(1).float())
-    assert torch.equal(std, flat.std(1, unbiased=False).float())
+    mean, var = expert._row_moments(x, chunk=4096)
+    assert mean.dtype == var.dtype == torch.float64
+    torch.testing.assert_close(mean, x.double().mean(1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(var, x.double().var(1, correction=0), rtol=1e-9, atol=0)
+
+
+def test_pix2struct_folds_the_pixel_affine_into_its_standardisation():
+    """``make_patches(x, (scale, offset))`` is ``make_patches(x * scale + offset)``: the image
+    statistics over all channels (channels with different offsets, so the per-channel moments must be
+    combined with the spread of the channel means) and every patch value."""
+    expert = _pix2struct_expert(max_patches=30)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 64, 48, generator=g)
+    scale, offset = torch.tensor([68.5, 66.6, 70.3]), torch.tensor([122.8, 116.7, 104.1])
+    folded, mask, grid = expert.make_patches(x, (scale, offset))
+    pixels = x * scale.view(1, 3, 1, 1) + offset.view(1, 3, 1, 1)
+    plain, plain_mask, plain_grid = expert.make_patches(pixels)
+    assert grid == plain_grid and torch.equal(mask, plain_mask)
+    assert (folded - plain).abs().max() < 1e-5
+    # Known values, independently: the first patch of image 0 is its top-left p x p block, in (row,
+    # column, channel) order, standardised with the image's float64 mean and std.
+    p = expert.config.patch_size
+    ref = pixels[0].double()
+    rows, cols = grid
+    resized = F.interpolate(pixels[:1], size=(rows * p, cols * p), mode="bilinear", antialias=True)[0].double()
+    expected = ((resized[:, :p, :p] - ref.mean()) / ref.std(correction=0)).permute(1, 2, 0).reshape(-1)
+    assert (folded[0, 0, 2:].double() - expected).abs().max() < 1e-5

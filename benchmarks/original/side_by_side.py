@@ -26,7 +26,7 @@ Pix2Struct tower's per-forward round trip, i.e. ``Pix2StructLargeVisionTower.for
 (de-normalise, ``Pix2StructProcessor`` on the float tensor) with its encoder replaced by a module
 that records the ``flattened_patches`` it is given and returns a one-channel dummy (so only the
 preprocessing is timed). eagle-hf side: `EagleImageProcessor` (the default X5 processor) and the
-in-model Pix2Struct input (`EagleVisionTower.expert_inputs` + `EaglePix2StructExpert.make_patches`).
+in-model Pix2Struct input (`EagleVisionTower.expert_calls` + `EaglePix2StructExpert.make_patches`).
 Both sides get the same decoded images (the parity test image at 640x480, one per batch element,
 shifted so the elements differ), run alternately in fresh processes, ``--repeats`` timed calls
 each (median). Checked: ``pixel_values`` bit-identical, Pix2Struct patches within the bound the
@@ -357,7 +357,8 @@ def eagle_hf_preprocessing():
 
     def preprocess(images):
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-        patches, _, _ = expert.make_patches(tower.expert_inputs(pixel_values)["pix2struct"])
+        x, extra = tower.expert_calls(pixel_values)["pix2struct"]  # as the tower's forward calls it
+        patches, _, _ = expert.make_patches(x, extra.get("pixel_affine"))
         return pixel_values, patches
 
     return preprocess

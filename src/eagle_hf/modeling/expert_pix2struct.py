@@ -104,6 +104,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, d_kv=8, 
 class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
     config: EaglePix2StructExpertConfig
     input_space = "pixels_255"
+    takes_pixel_affine = True  # see VisionExpertMixin
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     # Which modules the mixture records for output_hidden_states / output_attentions.
@@ -119,30 +120,44 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
             if isinstance(getattr(module, "act", None), NewGELUActivation):
                 module.act = GELUTanh()
 
-    def make_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """[B, C, H, W] pixels in 0..255 -> (flattened_patches [B, max_patches, 2 + C*p*p], mask, (rows, cols))."""
+    def make_patches(self, pixels: torch.Tensor, pixel_affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """[B, C, H, W] pixels in 0..255 -> (flattened_patches [B, max_patches, 2 + C*p*p], mask, (rows, cols)).
+
+        ``pixel_affine``: per-channel ``(scale, offset)`` ([C] each) when ``pixels * scale + offset`` are
+        the 0..255 pixels (the mixture hands over its normalised input this way). The affine is folded
+        into the standardisation, so the de-normalised image is never written."""
         cfg = self.config
         batch, channels, height, width = pixels.shape
         rows, cols = cfg.patch_grid(height, width)
         p, n = cfg.patch_size, rows * cols
+        if pixel_affine is None:
+            pixel_affine = (torch.ones(channels), torch.zeros(channels))
+        scale, offset = (t.to(pixels.device, torch.float64).reshape(channels) for t in pixel_affine)
         patches = torch.empty(batch, cfg.max_patches, 2 + p * p * channels, device=pixels.device)
         patches[:, n:] = 0
         # One image at a time: each step's buffers (a few MB) then stay in cache and are reused by the
         # allocator, where whole-batch ones (100 MB at batch 8) would be fresh pages on every call.
         for image, out in zip(pixels.float().split(1), patches.split(1)):
-            mean, std = self._image_statistics(image)
-            std = torch.clamp(std, min=1.0 / math.sqrt(image.numel()))
+            # The statistics of the pixels over all channels, from each channel's (of an affine map of it).
+            channel_mean, channel_var = self._row_moments(image.view(channels, -1))
+            means = channel_mean * scale + offset
+            mean = means.mean()
+            var = (channel_var * scale.square()).mean() + (means - mean).square().mean()
+            std = var.sqrt().clamp(min=1.0 / math.sqrt(image.numel()))
             # The processor standardises, then resizes. The resampling weights of each output pixel sum
-            # to one, so resizing first and standardising the (about half as many) resized pixels is the
-            # same map, up to float32 rounding; the standardisation is then fused with the patch layout.
-            resized = resize_antialiased(image, rows * p, cols * p)
+            # to one, so resizing first and mapping the (about half as many) resized values is the same
+            # map, up to float32 rounding; de-normalisation and standardisation are then one per-channel
+            # scale and shift of the resized planes (contiguous per channel: in channels-last order the
+            # per-channel factors would run 3 values at a time, 4x slower).
+            gain, bias = ((scale / std).float().view(1, -1, 1, 1), ((offset - mean) / std).float().view(1, -1, 1, 1))
+            resized = resize_antialiased(image, rows * p, cols * p).mul_(gain).add_(bias)
             # Patch vectors are flattened in (patch row, patch column, channel) order, written straight
             # into the output; going through channels-last first keeps the block copy's inner runs
             # contiguous (p * channels values) instead of one value per channel plane.
             hwc = resized.permute(0, 2, 3, 1).contiguous()
             blocks = hwc.view(1, rows, p, cols, p, channels).permute(0, 1, 3, 2, 4, 5)
-            body = out[:, :n, 2:].view(1, rows, cols, p, p, channels)
-            torch.sub(blocks, mean, out=body).div_(std)
+            out[:, :n, 2:].view(1, rows, cols, p, p, channels).copy_(blocks)
         ids = torch.arange(n, device=pixels.device)
         patches[:, :n, 0] = (ids // cols + 1).float()
         patches[:, :n, 1] = (ids % cols + 1).float()
@@ -151,29 +166,28 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
         return patches, mask, (rows, cols)
 
     @staticmethod
-    def _image_statistics(x: torch.Tensor, chunk: int = 1 << 17) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image mean and population std in float64, rounded to float32 (correctly rounded, not
-        dependent on a float32 summation order). One pass over cache-sized float64 chunks (one reused
-        buffer; the squares summed as a batched dot product), shifted by each image's first value so that
-        the sum of squares does not cancel: the same float32 values as `.double().mean()` / `.std()` of
-        the whole image, without the 8-byte copy of it."""
-        flat = x.reshape(x.shape[0], -1)
-        batch, n = flat.shape
-        shift = flat[:, :1].double()
-        total = torch.zeros(batch, 1, dtype=torch.float64, device=x.device)
-        squares = torch.zeros(batch, 1, 1, dtype=torch.float64, device=x.device)
-        buffer = torch.empty(batch, min(chunk, n), dtype=torch.float64, device=x.device)
-        for start in range(0, n, chunk):
-            source = flat[:, start:start + chunk]
-            part = buffer[:, :source.shape[1]].copy_(source).sub_(shift)
-            total += part.sum(1, keepdim=True)
-            squares.baddbmm_(part.unsqueeze(1), part.unsqueeze(2))
-        mean = total / n
-        var = (squares.view(batch, 1) / n - mean.square()).clamp_(min=0)
-        return (mean + shift).float().view(-1), var.sqrt().float().view(-1)
+    def _row_moments(x: torch.Tensor, chunk: int = 1 << 17) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and population variance of each row of a [R, N] tensor, in float64 (independent of a
+        float32 summation order). One pass over each row in cache-sized float64 chunks (one reused
+        buffer), shifted by the row's first value so that the sum of squares does not cancel:
+        `.double().mean(1)` / `.var(1, correction=0)` without the 8-byte copy. Row by row, because
+        chunks spanning several rows gather from as many distant places (3x slower for 3 rows)."""
+        rows, n = x.shape
+        buffer = torch.empty(min(chunk, n), dtype=torch.float64, device=x.device)
+        moments = torch.zeros(rows, 3, dtype=torch.float64, device=x.device)  # shift, sum, sum of squares
+        for row, out in zip(x, moments):
+            out[0] = row[0]
+            for start in range(0, n, chunk):
+                part = buffer[:min(chunk, n - start)].copy_(row[start:start + chunk]).sub_(out[0])
+                out[1] += part.sum()
+                out[2] += torch.dot(part, part)
+        shift, total, squares = moments.unbind(1)
+        centred = total / n
+        return centred + shift, (squares / n - centred.square()).clamp_(min=0)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        patches, mask, (rows, cols) = self.make_patches(pixel_values)
+    def forward(self, pixel_values: torch.Tensor, pixel_affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+                **kwargs) -> torch.Tensor:
+        patches, mask, (rows, cols) = self.make_patches(pixel_values, pixel_affine)
         dtype = self.embeddings.patch_projection.weight.dtype
         hidden = super().forward(flattened_patches=patches.to(dtype), attention_mask=mask.to(dtype), **kwargs)
         tokens = hidden.last_hidden_state[:, : rows * cols]

@@ -156,19 +156,37 @@ class EagleVisionTower(PreTrainedModel):
         grey = (pixels * weights).sum(1, keepdim=True).expand_as(pixels)
         return (grey - mean) / std
 
-    def expert_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each expert's input, computing every distinct (size, value space[, grey]) only once."""
+    def takes_pixel_affine(self, name: str, dtype: torch.dtype) -> bool:
+        """Whether the forward hands expert ``name`` the normalised input and `pixel_affine` instead of
+        its 0..255 pixels (see `VisionExpertMixin`): it then never writes the de-normalised image. Float32
+        only: in lower precision the original de-normalised in the input dtype, and that rounding is part
+        of its numbers (the parity fixtures')."""
+        expert = self.experts[name]
+        return (expert.input_space == "pixels_255" and getattr(expert, "takes_pixel_affine", False)
+                and dtype == torch.float32 and name not in (self.config.grayscale_experts or ()))
+
+    def pixel_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, offset)``, float64: ``normalised * scale + offset`` are the 0..255 pixels."""
+        mean, std = self.image_mean.double().view(-1), self.image_std.double().view(-1)
+        return std * 255, mean * 255
+
+    def expert_inputs(self, pixel_values: torch.Tensor, fold_pixel_affine: bool = False) -> dict[str, torch.Tensor]:
+        """Each expert's input, computing every distinct (size, value space[, grey]) only once. With
+        ``fold_pixel_affine`` (the forward's), an expert that `takes_pixel_affine` gets the normalised input."""
         cache: dict[tuple, torch.Tensor] = {}
         inputs = {}
         for name, expert in self.experts.items():
-            key = (expert.input_size, expert.input_space)
+            space = expert.input_space
+            if fold_pixel_affine and self.takes_pixel_affine(name, pixel_values.dtype):
+                space = "normalized"
+            key = (expert.input_size, space)
             if key not in cache:
                 x = pixel_values
-                if expert.input_space == "pixels_255":
+                if space == "pixels_255":
                     # Undo the normalisation in the input dtype, as the original did.
                     mean, std = self.image_mean.to(x.dtype), self.image_std.to(x.dtype)
                     x = (x * std).add_(mean).mul_(255)  # (x * std + mean) * 255, one buffer
-                elif expert.input_space != "normalized":
+                elif space != "normalized":
                     raise ValueError(f"expert {name!r} declares an unknown input_space {expert.input_space!r}")
                 if expert.input_size != self.config.image_size:
                     x = resize_bilinear(x, expert.input_size, x.dtype)
@@ -179,6 +197,12 @@ class EagleVisionTower(PreTrainedModel):
                 key = (*key, "grey")
             inputs[name] = cache[key]
         return inputs
+
+    def expert_calls(self, pixel_values: torch.Tensor) -> dict[str, tuple[torch.Tensor, dict]]:
+        """What the forward gives each expert: its input and keyword arguments."""
+        inputs = self.expert_inputs(pixel_values, fold_pixel_affine=True)
+        return {name: (x, {"pixel_affine": self.pixel_affine()} if self.takes_pixel_affine(name, x.dtype) else {})
+                for name, x in inputs.items()}
 
     @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, output_expert_features: bool = False,
@@ -193,14 +217,14 @@ class EagleVisionTower(PreTrainedModel):
                 if (flag if flag is not None else getattr(self.config, f"output_{key}", False))]
         keep_maps = self.fusion.uses_native_maps
         blocks, maps, recorded = {}, {}, {key: {} for key in keys}
-        for name, x in self.expert_inputs(pixel_values).items():
+        for name, (x, extra) in self.expert_calls(pixel_values).items():
             if keys:
                 with _ExpertRecorder(self.experts[name], keys) as records:
-                    feature_map = self.experts[name](x)
+                    feature_map = self.experts[name](x, **extra)
                 for key in keys:
                     recorded[key][name] = tuple(records[key])
             else:
-                feature_map = self.experts[name](x)
+                feature_map = self.experts[name](x, **extra)
             if keep_maps:
                 maps[name] = feature_map.to(pixel_values.device)
             if feature_map.shape[-2:] != (grid, grid):

@@ -116,7 +116,10 @@ class VisionExpertMixin:
     * ``config.out_channels``: channels of the feature map it returns.
     * ``input_space``: ``"normalized"`` (the processor's mean/std-normalised tensor, what
       every original expert but Pix2Struct consumes) or ``"pixels_255"`` (de-normalised
-      back to 0..255, which Pix2Struct re-standardises per image).
+      back to 0..255, which Pix2Struct re-standardises per image). A ``"pixels_255"`` expert whose
+      ``forward`` also accepts ``pixel_affine=(scale, offset)`` (per channel: ``x * scale + offset`` are
+      the pixels) sets ``takes_pixel_affine = True``; the float32 mixture then hands it the normalised
+      input and the affine, which it folds into a pass it makes anyway, instead of writing the pixels.
     * ``forward(pixel_values) -> Tensor[B, out_channels, h, w]``.
     * ``unused_parameters()``: parameters this config leaves out of every forward pass (training
       freezes them: DDP without ``find_unused_parameters`` fails on parameters that get no gradient).
@@ -124,6 +127,7 @@ class VisionExpertMixin:
     """
 
     input_space: str = "normalized"
+    takes_pixel_affine: bool = False
     expert_name: str = ""
 
     @property

@@ -511,7 +511,8 @@ def run_parity(fixture_path: str | os.PathLike | dict, model_or_dir, image_proce
             p2s = entry.get("pix2struct_processor_output", {}).get("flattened_patches")
             expert = tower.experts.get(native)
             if p2s is not None and hasattr(expert, "make_patches"):
-                patches, _, _ = expert.make_patches(tower.expert_inputs(pixel_values.to(tower.dtype))[native])
+                x, extra = tower.expert_calls(pixel_values.to(tower.dtype))[native]  # as the forward calls it
+                patches, _, _ = expert.make_patches(x, extra.get("pixel_affine"))
                 stages.append(compare_stage(f"{entry['name']} patches", patches, p2s,
                                             *bounds.get("patches", bounds["default"])))
         own_channels = []
