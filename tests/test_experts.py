@@ -496,3 +496,31 @@ def test_pix2struct_folds_the_pixel_affine_into_its_standardisation():
     resized = F.interpolate(pixels[:1], size=(rows * p, cols * p), mode="bilinear", antialias=True)[0].double()
     expected = ((resized[:, :p, :p] - ref.mean()) / ref.std(correction=0)).permute(1, 2, 0).reshape(-1)
     assert (folded[0, 0, 2:].double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["float32", "bfloat16", "grey"])
+def test_mixture_folds_the_pixel_affine_only_in_float32_colour(case):
+    """In float32 the tower gives Pix2Struct the normalised input itself and the affine to 0..255
+    pixels (``x * 255 std + 255 mean``); in bf16 (where the original rounds the de-normalised image to
+    bf16) and for a grey expert it gives the de-normalised pixels, and no affine."""
+    cfg = vision_preset("tiny", ["clip", "pix2struct"])
+    if case == "grey":
+        cfg.grayscale_experts = ["pix2struct"]
+    tower = EagleVisionTower(cfg).eval()
+    pixel_values = make_pixel_values(cfg, 2)
+    if case == "bfloat16":
+        tower, pixel_values = tower.to(torch.bfloat16), pixel_values.to(torch.bfloat16)
+    x, extra = tower.expert_calls(pixel_values)["pix2struct"]
+    mean = torch.tensor(cfg.image_mean, dtype=torch.float64)
+    std = torch.tensor(cfg.image_std, dtype=torch.float64)
+    if case == "float32":
+        assert x is pixel_values  # the shared input, not a copy (the tiny pix2struct reads 64 px, as the mixture)
+        scale, offset = extra["pixel_affine"]
+        torch.testing.assert_close(scale, std.float().double() * 255, rtol=0, atol=0)
+        torch.testing.assert_close(offset, mean.float().double() * 255, rtol=0, atol=0)
+    else:
+        assert extra == {}
+        assert torch.equal(x, tower.expert_inputs(pixel_values)["pix2struct"])
+        if case == "bfloat16":
+            expected = (pixel_values * std.to(torch.bfloat16).view(1, 3, 1, 1) + mean.to(torch.bfloat16).view(1, 3, 1, 1)) * 255
+            assert torch.equal(x, expected)
