@@ -1,6 +1,7 @@
 """Vision experts, parametrized over the expert registry: every registered expert must pass
 every test here (a newly registered expert without entries in the tables below fails loudly)."""
 
+import itertools
 import os
 
 import pytest
@@ -448,8 +449,8 @@ def test_banded_antialiased_resize_equals_torch_interpolate(shape, size):
     got = resize_antialiased(x, *size)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
-    for size_in, size_out in zip(shape[2:], size):
-        bands = _resampling_bands(size_in, size_out, torch.device("cpu"))
+    for (size_in, size_out), rows in itertools.product(zip(shape[2:], size), (1, 16, 32, 45)):
+        bands = _resampling_bands(size_in, size_out, torch.device("cpu"), rows)
         assert [b[0] for b in bands][0] == 0 and bands[-1][1] == size_out
         assert all(prev[1] == nxt[0] for prev, nxt in zip(bands, bands[1:]))
         for _, _, _, _, weights in bands:  # rows of resampling weights sum to one
@@ -458,7 +459,10 @@ def test_banded_antialiased_resize_equals_torch_interpolate(shape, size):
 
 @pytest.mark.parametrize("kind", ["uniform", "offset_tiny_spread", "constant", "rows_mixed"])
 def test_pix2struct_row_moments_are_the_float64_ones(kind):
-    """The chunked one-pass moments equal float64 mean / population variance of each row."""
+    """The chunked one-pass moments are float64 mean / population variance of each row, up to float32
+    reduction error: the mean within 1e-6 of the row's standard deviation and the variance within 1e-6
+    relative, so that neither moves a standardised patch value by more than ~1e-6 (its bound is 1e-5).
+    A constant row is exact (its shifted values are zeros)."""
     g = torch.Generator().manual_seed(0)
     if kind == "uniform":
         x = torch.rand(3, 300 * 301, generator=g) * 255  # length not a multiple of the chunk
@@ -471,8 +475,12 @@ def test_pix2struct_row_moments_are_the_float64_ones(kind):
     expert = _pix2struct_expert()
     mean, var = expert._row_moments(x, chunk=4096)
     assert mean.dtype == var.dtype == torch.float64
-    torch.testing.assert_close(mean, x.double().mean(1), rtol=1e-13, atol=0)
-    torch.testing.assert_close(var, x.double().var(1, correction=0), rtol=1e-9, atol=0)
+    ref_var, ref_mean = torch.var_mean(x.double(), 1, correction=0)
+    if kind == "constant":
+        assert torch.equal(mean, ref_mean) and torch.equal(var, torch.zeros(3, dtype=torch.float64))
+        return
+    assert ((mean - ref_mean).abs() <= 1e-6 * ref_var.sqrt()).all()
+    torch.testing.assert_close(var, ref_var, rtol=1e-6, atol=0)
 
 
 def test_pix2struct_folds_the_pixel_affine_into_its_standardisation():
