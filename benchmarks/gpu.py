@@ -186,8 +186,15 @@ def main(argv=None) -> dict:
     print(f"# matmul peak: {peak['tflops']:.2f} TFLOP/s", flush=True)
     result = {"benchmark": "gpu", "device": args.device, "dtype": args.dtype, "tiny": args.tiny,
               "machine": machine(), "matmul_peak": peak}
+    out = Path(args.out)
+
+    def save():  # after every phase, so that a run stopped at its time limit keeps what it measured
+        out.write_text(json.dumps(result, indent=1))
+
     result["mixture"] = mixture(dev, dtype, args.tiny, [1, 8], repeats, peak["tflops"])
+    save()
     result["original_vs_eagle_hf"] = original_vs_eagle(args)
+    save()
     model = build_vlm(dev, dtype, args.tiny).eval()
     new_tokens = args.new_tokens or (3 if args.tiny else 32)
     result["generation"] = []
@@ -197,13 +204,14 @@ def main(argv=None) -> dict:
         row["peak_memory_gib"] = dev.peak_gib()
         result["generation"].append(row)
         print(f"# generation batch {batch}: {row['tokens_per_s']} tok/s", flush=True)
+        save()
     result["training"] = training_step(dev, model, args.train_batch_size, 64, peak)
     print(f"# training step: {result['training']['seconds']:.3f} s, MFU {result['training']['mfu_vs_measured_peak']:.3f}",
           flush=True)
     result["peak_memory_gib"] = max([dev.peak_gib()] + [r["peak_memory_gib"] for r in result["mixture"].values()]
                                     + [r["peak_memory_gib"] for r in result["generation"]])
     result["total_s"] = time.perf_counter() - start
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    save()
     print(json.dumps(result))
     return result
 
