@@ -343,6 +343,7 @@ def eagle_hf_preprocessing():
     from eagle_hf.modeling.configuration_eagle import EagleVisionConfig
     from eagle_hf.modeling.registry import get_expert
     from eagle_hf.processing import EagleImageProcessor
+    from eagle_hf.testing.parity import expert_patches
 
     processor = EagleImageProcessor()  # the X5 processor's values are the defaults
     # Patching depends only on the expert's patch/input settings (full size); the encoder width is
@@ -353,13 +354,10 @@ def eagle_hf_preprocessing():
                    ("patch_size", "max_patches", "patch_embed_hidden_size", "input_size")})
     tower = EagleVisionTower(EagleVisionConfig(expert_order=["pix2struct"], image_size=full.input_size,
                                                pix2struct_config=pix_cfg)).eval()
-    expert = tower.experts["pix2struct"]
 
     def preprocess(images):
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-        x, extra = tower.expert_calls(pixel_values)["pix2struct"]  # as the tower's forward calls it
-        patches, _, _ = expert.make_patches(x, extra.get("pixel_affine"))
-        return pixel_values, patches
+        return pixel_values, expert_patches(tower, pixel_values, "pix2struct")
 
     return preprocess
 

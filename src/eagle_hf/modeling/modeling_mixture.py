@@ -1,6 +1,7 @@
 """The mixture of vision experts: one image in, one fused token grid out."""
 
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -170,15 +171,14 @@ class EagleVisionTower(PreTrainedModel):
         mean, std = self.image_mean.double().view(-1), self.image_std.double().view(-1)
         return std * 255, mean * 255
 
-    def expert_inputs(self, pixel_values: torch.Tensor, fold_pixel_affine: bool = False) -> dict[str, torch.Tensor]:
-        """Each expert's input, computing every distinct (size, value space[, grey]) only once. With
-        ``fold_pixel_affine`` (the forward's), an expert that `takes_pixel_affine` gets the normalised input."""
+    def expert_inputs(self, pixel_values: torch.Tensor, normalised: Collection[str] = ()) -> dict[str, torch.Tensor]:
+        """Each expert's input, computing every distinct (size, value space[, grey]) only once. The
+        experts named in ``normalised`` (the forward's: those that `takes_pixel_affine`) get the
+        normalised input whatever their ``input_space``."""
         cache: dict[tuple, torch.Tensor] = {}
         inputs = {}
         for name, expert in self.experts.items():
-            space = expert.input_space
-            if fold_pixel_affine and self.takes_pixel_affine(name, pixel_values.dtype):
-                space = "normalized"
+            space = "normalized" if name in normalised else expert.input_space
             key = (expert.input_size, space)
             if key not in cache:
                 x = pixel_values
@@ -200,8 +200,9 @@ class EagleVisionTower(PreTrainedModel):
 
     def expert_calls(self, pixel_values: torch.Tensor) -> dict[str, tuple[torch.Tensor, dict]]:
         """What the forward gives each expert: its input and keyword arguments."""
-        inputs = self.expert_inputs(pixel_values, fold_pixel_affine=True)
-        return {name: (x, {"pixel_affine": self.pixel_affine()} if self.takes_pixel_affine(name, x.dtype) else {})
+        folded = {name for name in self.experts if self.takes_pixel_affine(name, pixel_values.dtype)}
+        inputs = self.expert_inputs(pixel_values, folded)
+        return {name: (x, {"pixel_affine": self.pixel_affine()} if name in folded else {})
                 for name, x in inputs.items()}
 
     @can_return_tuple

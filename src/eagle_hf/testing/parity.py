@@ -420,6 +420,13 @@ def square_uint8(processor, image) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+def expert_patches(tower, pixel_values: torch.Tensor, name: str) -> torch.Tensor:
+    """The flattened patches expert ``name`` (one with ``make_patches``: Pix2Struct) makes inside the
+    tower's forward: from the input and ``pixel_affine`` that `expert_calls` hands it."""
+    x, extra = tower.expert_calls(pixel_values.to(tower.dtype))[name]
+    return tower.experts[name].make_patches(x, extra.get("pixel_affine"))[0]
+
+
 def _load_model(model_or_dir, dtype):
     from transformers import AutoModelForImageTextToText
 
@@ -511,9 +518,7 @@ def run_parity(fixture_path: str | os.PathLike | dict, model_or_dir, image_proce
             p2s = entry.get("pix2struct_processor_output", {}).get("flattened_patches")
             expert = tower.experts.get(native)
             if p2s is not None and hasattr(expert, "make_patches"):
-                x, extra = tower.expert_calls(pixel_values.to(tower.dtype))[native]  # as the forward calls it
-                patches, _, _ = expert.make_patches(x, extra.get("pixel_affine"))
-                stages.append(compare_stage(f"{entry['name']} patches", patches, p2s,
+                stages.append(compare_stage(f"{entry['name']} patches", expert_patches(tower, pixel_values, native), p2s,
                                             *bounds.get("patches", bounds["default"])))
         own_channels = []
         for entry, native in zip(expert_entries, natives):
