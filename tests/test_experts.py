@@ -417,7 +417,13 @@ def _pix2struct_expert(**overrides):
 
 @pytest.mark.parametrize("shape,overrides", [((2, 3, 64, 64), {}), ((1, 3, 64, 48), {"max_patches": 30}),
                                              ((1, 3, 200, 200), {"patch_size": 16, "patch_embed_hidden_size": 768,
-                                                                 "max_patches": 120, "input_size": 200})])
+                                                                 "max_patches": 120, "input_size": 200}),
+                                             # already rows x cols patches: neither axis is resampled
+                                             ((1, 3, 48, 64), {"max_patches": 48}),
+                                             # a patch size that does not divide the 32-column bands
+                                             ((1, 3, 100, 90), {"patch_size": 12, "patch_embed_hidden_size": 432,
+                                                                "max_patches": 40, "input_size": 100})],
+                         ids=["square", "max-patches", "full-size-patch", "no-resize", "patch-12"])
 def test_pix2struct_patches_match_transformers_image_processor(shape, overrides):
     """Same flattened patches as transformers' own Pix2Struct processor on the same float pixels (within
     the re-implementation bound of the parity README; it sums the statistics in float32)."""

@@ -78,24 +78,50 @@ def resize_antialiased(x: torch.Tensor, height: int, width: int) -> torch.Tensor
     tensor, within float32 rounding, as small matmuls over the bands of each axis. Each output pixel
     reads 2 to 4 inputs, which torch's CPU kernel gathers one at a time; the dense bands (16 output
     rows against the ~24 input rows they span) waste most of their multiplies but run at the matmul
-    rate: 3 x 1024² -> 720², one thread, 3.4 ms against 8.0 ms for ``F.interpolate`` (2026-12-04).
+    rate: 3 x 1024² -> 720², one thread, 3.4 ms against 8.0 ms for ``F.interpolate`` on the AVX-512
+    Intel machine (2026-12-04); on an AMD EPYC one the same day, 8.3 against 8.5 ms (its small
+    matmuls are slower).
 
-    Band heights, measured on that resize (one thread, this 2-core AVX-512 CPU): the row pass is
-    fastest with short bands (16 output rows: each reads ~24 input rows of the whole width, which stay
-    in L2), the column pass with 32 (the weights' columns are then one 32-wide matmul tile); 45 and 45
-    was 4.1 ms, 90 and 90 7.4 ms."""
-    batch, channels, in_h, in_w = x.shape
-    rows = x
-    if height != in_h:
-        rows = torch.empty(batch, channels, height, in_w, device=x.device, dtype=x.dtype)
-        for start, stop, lo, hi, weights in _resampling_bands(in_h, height, x.device, _ROW_BAND):
-            torch.matmul(weights, x[:, :, lo:hi], out=rows[:, :, start:stop])
-    if width == in_w:
+    Band heights, measured on that resize (one thread, the Intel machine): the row pass is fastest
+    with short bands (16 output rows: each reads ~24 input rows of the whole width, which stay in L2),
+    the column pass with 32 (the weights' columns are then one 32-wide matmul tile); 45 and 45 was
+    4.1 ms, 90 and 90 7.4 ms."""
+    rows = _resample_rows(x, height)
+    if width == rows.shape[-1]:
         return rows
-    out = torch.empty(batch, channels, height, width, device=x.device, dtype=x.dtype)
-    for start, stop, lo, hi, weights in _resampling_bands(in_w, width, x.device, _COLUMN_BAND):
-        torch.matmul(rows[..., lo:hi], weights.T, out=out[..., start:stop])
+    out = torch.empty(*x.shape[:2], height, width, device=x.device, dtype=x.dtype)
+    for start, stop, band in _resample_columns(rows, width, _COLUMN_BAND):
+        out[..., start:stop] = band
     return out
+
+
+def _resample_rows(x: torch.Tensor, height: int) -> torch.Tensor:
+    """The row pass of `resize_antialiased` (``x`` itself when ``height`` is its height)."""
+    batch, channels, in_h, in_w = x.shape
+    if height == in_h:
+        return x
+    rows = torch.empty(batch, channels, height, in_w, device=x.device, dtype=x.dtype)
+    for start, stop, lo, hi, weights in _resampling_bands(in_h, height, x.device, _ROW_BAND):
+        torch.matmul(weights, x[:, :, lo:hi], out=rows[:, :, start:stop])
+    return rows
+
+
+def _resample_columns(rows: torch.Tensor, width: int, band: int):
+    """The column pass of `resize_antialiased`, one band of ``band`` output columns at a time:
+    yields ``(start, stop, [B, C, H, stop - start])``. Each band is written contiguously into one
+    reused buffer (valid until the next band): a matmul into strided columns of the whole output
+    costs a copy back (1.1 of 3.6 ms for 3 x 720 x 1024 -> 720 on the AMD machine)."""
+    *lead, in_w = rows.shape
+    if width == in_w:
+        for start in range(0, width, band):
+            yield start, min(start + band, width), rows[..., start:start + band]
+        return
+    flat = rows.reshape(-1, in_w)
+    buffer = torch.empty(flat.shape[0] * band, device=rows.device, dtype=rows.dtype)
+    for start, stop, lo, hi, weights in _resampling_bands(in_w, width, rows.device, band):
+        out = buffer[: flat.shape[0] * (stop - start)].view(flat.shape[0], stop - start)
+        torch.mm(flat[:, lo:hi], weights.T, out=out)
+        yield start, stop, out.view(*lead, stop - start)
 
 
 # google/pix2struct-large encoder.
@@ -144,6 +170,7 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
         scale, offset = (t.to(pixels.device, torch.float64).reshape(channels) for t in pixel_affine)
         patches = torch.empty(batch, cfg.max_patches, 2 + p * p * channels, device=pixels.device)
         patches[:, n:] = 0
+        band = p * max(1, _COLUMN_BAND // p)  # whole patch columns per band of the column pass
         # One image at a time: each step's buffers (a few MB) then stay in cache and are reused by the
         # allocator, where whole-batch ones (100 MB at batch 8) would be fresh pages on every call.
         for image, out in zip(pixels.float().split(1), patches.split(1)):
@@ -159,13 +186,15 @@ class EaglePix2StructExpert(VisionExpertMixin, Pix2StructVisionModel):
             # scale and shift of the resized planes (contiguous per channel: in channels-last order the
             # per-channel factors would run 3 values at a time, 4x slower).
             gain, bias = ((scale / std).float().view(1, -1, 1, 1), ((offset - mean) / std).float().view(1, -1, 1, 1))
-            resized = resize_antialiased(image, rows * p, cols * p).mul_(gain).add_(bias)
-            # Patch vectors are flattened in (patch row, patch column, channel) order, written straight
-            # into the output; going through channels-last first keeps the block copy's inner runs
-            # contiguous (p * channels values) instead of one value per channel plane.
-            hwc = resized.permute(0, 2, 3, 1).contiguous()
-            blocks = hwc.view(1, rows, p, cols, p, channels).permute(0, 1, 3, 2, 4, 5)
-            out[:, :n, 2:].view(1, rows, cols, p, p, channels).copy_(blocks)
+            # Patch vectors are flattened in (patch row, patch column, channel) order. Each band of
+            # whole patch columns is mapped while it is in cache and copied straight into the output:
+            # no resized image, no channels-last copy of it.
+            grid = out[:, :n, 2:].view(1, rows, cols, p, p, channels)
+            mapped = torch.empty(channels * rows * p * band, device=pixels.device)
+            for start, stop, block in _resample_columns(_resample_rows(image, rows * p), cols * p, band):
+                block = torch.mul(block, gain, out=mapped[: block.numel()].view(block.shape)).add_(bias)
+                k = (stop - start) // p
+                grid[:, :, start // p: stop // p].copy_(block.view(1, channels, rows, p, k, p).permute(0, 2, 4, 3, 5, 1))
         ids = torch.arange(n, device=pixels.device)
         patches[:, :n, 0] = (ids // cols + 1).float()
         patches[:, :n, 1] = (ids % cols + 1).float()
