@@ -298,12 +298,14 @@ def test_sam_layer_matches_transformers_sam_layer(window_size, reference_impl):
         torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=grad_tol, atol=grad_tol, msg=lambda m: f"{name}: {m}")
 
 
-def test_sam_expert_fp32_matches_the_library_encoder_path():
-    """The whole tiny SAM expert in float32 (SDPA, fast path) against the same weights run
-    through transformers' eager SAM layers (decomposed bias added to materialised scores)."""
-    fast = tiny_expert("sam")
+@pytest.mark.parametrize("window_size", [4, 3], ids=["windows-tile", "windows-padded"])
+def test_sam_expert_fp32_matches_the_library_encoder_path(window_size):
+    """The whole tiny SAM expert in float32 (SDPA, fast path, with its scratch buffers: no
+    autograd) against the same weights run through transformers' eager SAM layers (decomposed bias
+    added to materialised scores), with windows that tile the 8 x 8 grid and ones that pad it."""
+    fast = tiny_expert("sam", window_size=window_size)
     spec = get_expert("sam")
-    cfg = spec.config_class(**get_expert("sam").preset("tiny"))
+    cfg = spec.config_class(**dict(get_expert("sam").preset("tiny"), window_size=window_size))
     cfg._attn_implementation = "eager"
     eager = spec.model_class(cfg).eval()
     eager.load_state_dict(fast.state_dict())
@@ -327,9 +329,10 @@ def _sam_with_two_global_layers():
 
 
 def test_sam_bias_scratch_shares_one_buffer_per_shape_and_changes_no_value(monkeypatch):
-    """Without autograd both global layers write their bias into one buffer (and both windowed
-    layers into another), and the output is bit-identical to the one with a fresh buffer per layer;
-    under autograd the scratch hands out none; after the forward the buffers are gone."""
+    """Without autograd both global layers write their bias into one buffer, both windowed layers
+    into another and every layer's MLP activation into a third, and the output is bit-identical to
+    the one with fresh tensors (transformers' MLP); under autograd the scratch hands out none; after
+    the forward the buffers are gone."""
     from eagle_hf.modeling.expert_sam import BiasScratch
 
     expert = _sam_with_two_global_layers()
@@ -338,14 +341,25 @@ def test_sam_bias_scratch_shares_one_buffer_per_shape_and_changes_no_value(monke
     get = BiasScratch.get
     monkeypatch.setattr(BiasScratch, "get", lambda self, shape, like: handed.append(get(self, shape, like)) or handed[-1])
     expert(x)
-    assert len(handed) == 4 and all(t is None for t in handed)  # autograd on: no sharing
+    asked = len(handed)
+    assert asked and all(t is None for t in handed)  # autograd on: no sharing
     handed.clear()
     with torch.no_grad():
         shared = expert(x)
-    assert len(handed) == 4 and all(t is not None for t in handed)
-    global_ptrs = {handed[i].data_ptr() for i in (1, 3)}
-    window_ptrs = {handed[i].data_ptr() for i in (0, 2)}
-    assert len(global_ptrs) == 1 and len(window_ptrs) == 1 and global_ptrs != window_ptrs
+    assert len(handed) == asked and all(t is not None for t in handed)
+    # One buffer per shape, whichever layers ask for it, and distinct shapes never share one.
+    by_shape = {}
+    for t in handed:
+        by_shape.setdefault(tuple(t.shape), set()).add(t.data_ptr())
+    assert all(len(ptrs) == 1 for ptrs in by_shape.values())
+    assert len(set().union(*by_shape.values())) == len(by_shape)
+    heads, side, window = expert.config.num_attention_heads, x.shape[-1] // expert.config.patch_size, 4
+    cfg = expert.config
+    assert {(2, heads, side, side, side, side),  # the global layers' bias
+            (2 * (side // window) ** 2, heads, window, window, window, window),  # the windowed ones'
+            (2, side, side, 3 * cfg.hidden_size),  # qkv
+            (2, side // window, side // window, window, window, 3 * cfg.hidden_size),  # its windows
+            (2, side, side, cfg.mlp_dim)} <= set(by_shape)  # the MLP's activation
     assert expert.bias_scratch._local.buffers is None
     monkeypatch.setattr(BiasScratch, "get", lambda self, shape, like: None)  # a fresh buffer per layer
     with torch.no_grad():
