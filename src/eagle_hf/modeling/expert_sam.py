@@ -106,7 +106,8 @@ def linear_into_scratch(linear: nn.Linear, x: torch.Tensor, scratch: "BiasScratc
 
 class BiasScratch:
     """One buffer per bias shape, shared by an expert's layers for one forward without autograd
-    (also used for the MLP's wide activation, see `EagleSamVisionLayer._mlp`).
+    (also used for the qkv projection, its padded windows and the MLP's wide activation: see
+    `linear_into_scratch` and `EagleSamVisionLayer._mlp`).
 
     Every global layer's bias has one shape (1 GiB in float32 at full size) and every windowed
     layer's another. A fresh buffer that large comes from new pages each time (glibc maps it
