@@ -96,9 +96,12 @@ def decomposed_rel_pos_bias(attn: SamVisionAttention, query: torch.Tensor, heigh
 
 def linear_into_scratch(linear: nn.Linear, x: torch.Tensor, scratch: "BiasScratch | None") -> torch.Tensor:
     """``linear(x)``, written into a buffer of ``scratch`` when it hands one out (no autograd),
-    else a tensor of its own."""
+    else a tensor of its own. Weights that are not on ``x``'s device (on ``meta`` under accelerate's
+    disk offload, which loads them only when the module is called) go through the module's call."""
+    if linear.bias is None or linear.weight.device != x.device:
+        return linear(x)
     out = scratch.get((*x.shape[:-1], linear.out_features), x) if scratch is not None else None
-    if out is None or linear.bias is None:
+    if out is None:
         return linear(x)
     torch.addmm(linear.bias, x.reshape(-1, linear.in_features), linear.weight.T, out=out.view(-1, linear.out_features))
     return out
