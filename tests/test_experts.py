@@ -402,6 +402,32 @@ def test_sam_bias_scratch_is_per_thread_and_per_copy():
             assert torch.equal(clone(inputs[0]), expected[0])
 
 
+@pytest.mark.parametrize("hidden", [45, 2730 // 16, 48])
+def test_eva_swiglu_padded_matmuls_are_the_plain_function(hidden):
+    """On the CPU, EVA's SwiGLU computes w1 and w2 zero-padded to an aligned width (2730 -> 2736 at
+    full size) and slices them back: the output and every gradient equal the plain
+    ``w3(ln(silu(w1 x) * w2 x))`` in float64, and the parameters keep the checkpoint's shapes."""
+    from eagle_hf.modeling.expert_eva import ALIGNED_WIDTH, EagleEvaExpertConfig, EagleEvaSwiGLU
+
+    torch.manual_seed(0)
+    mlp = EagleEvaSwiGLU(EagleEvaExpertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=hidden))
+    mlp = mlp.double()
+    with torch.no_grad():  # a non-trivial norm: a norm over padded columns would show
+        mlp.ffn_ln.weight.normal_()
+        mlp.ffn_ln.bias.normal_()
+    x = torch.randn(2, 5, 32, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 32, dtype=torch.float64)
+    got = mlp(x)
+    expected = mlp.w3(mlp.ffn_ln(F.silu(mlp.w1(x)) * mlp.w2(x)))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    params = [x, *mlp.parameters()]
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), params),
+                    torch.autograd.grad((expected * weights).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert mlp.w1.weight.shape == (hidden, 32) and mlp.w3.weight.shape == (32, hidden)
+    assert (hidden % ALIGNED_WIDTH == 0) == (hidden == 48)
+
+
 def test_pix2struct_runs_the_releases_gelu_new_as_the_fused_tanh_gelu():
     """The released `dense_act_fn="gelu_new"` runs as torch's fused tanh-GELU: the same function,
     so the expert's output matches the one with transformers' composed `NewGELUActivation`."""
