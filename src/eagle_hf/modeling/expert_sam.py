@@ -94,13 +94,13 @@ def decomposed_rel_pos_bias(attn: SamVisionAttention, query: torch.Tensor, heigh
     return bias.view(batch, heads, height * width, height * width)
 
 
-def linear_into_scratch(linear: nn.Linear, x: torch.Tensor, scratch: "BiasScratch | None") -> torch.Tensor:
+def linear_into_scratch(linear: nn.Linear, x: torch.Tensor, scratch: "BiasScratch") -> torch.Tensor:
     """``linear(x)``, written into a buffer of ``scratch`` when it hands one out (no autograd),
     else a tensor of its own. Weights that are not on ``x``'s device (on ``meta`` under accelerate's
     disk offload, which loads them only when the module is called) go through the module's call."""
     if linear.bias is None or linear.weight.device != x.device:
         return linear(x)
-    out = scratch.get((*x.shape[:-1], linear.out_features), x) if scratch is not None else None
+    out = scratch.get((*x.shape[:-1], linear.out_features), x)
     if out is None:
         return linear(x)
     torch.addmm(linear.bias, x.reshape(-1, linear.in_features), linear.weight.T, out=out.view(-1, linear.out_features))
@@ -158,7 +158,8 @@ class EagleSamVisionAttention(SamVisionAttention):
     def __init__(self, config: EagleSamExpertConfig, window_size: int, scratch: BiasScratch | None = None):
         super().__init__(config, window_size)
         self.config = config
-        self.scratch = scratch
+        # A layer built on its own gets a scratch of its own (it hands out nothing outside `with`).
+        self.scratch = BiasScratch() if scratch is None else scratch
 
     def forward(self, hidden_states: torch.Tensor, output_attentions=None, window_size: int = 0):
         if self.config._attn_implementation == "eager":
@@ -170,7 +171,7 @@ class EagleSamVisionAttention(SamVisionAttention):
             pad_height, pad_width = -(-height // window) * window, -(-width // window) * window
             if (pad_height, pad_width) != (height, width):
                 shape = (batch, pad_height, pad_width, 3 * channels)
-                padded = (scratch.get(shape, qkv) if scratch is not None else None)
+                padded = scratch.get(shape, qkv)
                 padded = qkv.new_empty(shape) if padded is None else padded
                 fill = self.qkv.bias if self.qkv.bias is not None else 0.0
                 padded[:, height:] = fill
@@ -179,7 +180,7 @@ class EagleSamVisionAttention(SamVisionAttention):
                 qkv = padded
             rows, cols = pad_height // window, pad_width // window
             qkv = qkv.view(batch, rows, window, cols, window, 3 * channels).transpose(2, 3)
-            windows = scratch.get(qkv.shape, qkv) if scratch is not None else None
+            windows = scratch.get(qkv.shape, qkv)
             qkv = qkv.contiguous() if windows is None else windows.copy_(qkv)
             tokens_h = tokens_w = window
         else:
@@ -187,7 +188,7 @@ class EagleSamVisionAttention(SamVisionAttention):
             tokens_h, tokens_w = height, width
         qkv = qkv.reshape(batch * rows * cols, tokens_h * tokens_w, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
-        bias = decomposed_rel_pos_bias(self, query, tokens_h, tokens_w, self.scratch) if self.use_rel_pos else None
+        bias = decomposed_rel_pos_bias(self, query, tokens_h, tokens_w, scratch) if self.use_rel_pos else None
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
         out = out.transpose(1, 2)  # [windows, tokens, heads, head_dim]
